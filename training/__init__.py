@@ -1,0 +1,1 @@
+"""Training stage: datasets, models, the training loop, checkpoints and evaluation."""

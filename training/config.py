@@ -1,0 +1,165 @@
+"""Training configuration: validated up front, saved with the run, reloaded on resume.
+
+Torch-free on purpose: the CLI builds its parser from these names without importing torch.
+"""
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from slimserve.errors import SlimserveError
+
+# Per-model defaults. "full" is the recipe behind the accuracy targets in BENCHMARKS.md;
+# "fast" is the short one the README's end-to-end command uses.
+RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+    "mlp": {
+        "full": {
+            "epochs": 20,
+            "batch_size": 128,
+            "lr": 2e-3,
+            "optimizer": "adamw",
+            "weight_decay": 5e-4,
+            "label_smoothing": 0.1,
+            "augment": False,
+        },
+        "fast": {
+            "epochs": 5,
+            "batch_size": 128,
+            "lr": 2e-3,
+            "optimizer": "adamw",
+            "weight_decay": 5e-4,
+            "label_smoothing": 0.1,
+            "augment": False,
+        },
+    },
+    "cnn": {
+        "full": {
+            "epochs": 15,
+            "batch_size": 128,
+            "lr": 0.05,
+            "optimizer": "sgd",
+            "weight_decay": 5e-4,
+            "label_smoothing": 0.1,
+            "augment": True,
+        },
+        "fast": {
+            "epochs": 4,
+            "batch_size": 128,
+            "lr": 0.05,
+            "optimizer": "sgd",
+            "weight_decay": 5e-4,
+            "label_smoothing": 0.1,
+            "augment": True,
+        },
+    },
+    "cnn-small": {
+        "full": {
+            "epochs": 15,
+            "batch_size": 128,
+            "lr": 0.05,
+            "optimizer": "sgd",
+            "weight_decay": 5e-4,
+            "label_smoothing": 0.1,
+            "augment": True,
+        },
+        "fast": {
+            "epochs": 4,
+            "batch_size": 128,
+            "lr": 0.05,
+            "optimizer": "sgd",
+            "weight_decay": 5e-4,
+            "label_smoothing": 0.1,
+            "augment": True,
+        },
+    },
+    "resnet": {
+        "full": {
+            "epochs": 40,
+            "batch_size": 128,
+            "lr": 0.1,
+            "optimizer": "sgd",
+            "weight_decay": 5e-4,
+            "label_smoothing": 0.1,
+            "augment": True,
+        },
+        "fast": {
+            "epochs": 4,
+            "batch_size": 128,
+            "lr": 0.1,
+            "optimizer": "sgd",
+            "weight_decay": 5e-4,
+            "label_smoothing": 0.1,
+            "augment": True,
+        },
+    },
+}
+
+OPTIMIZERS = ("sgd", "adamw")
+DEVICES = ("auto", "cpu", "cuda")
+AMP_MODES = ("auto", "on", "off")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run; stored verbatim in the checkpoint."""
+
+    model: str = "cnn"
+    dataset: str = "fashion-mnist"
+    recipe: str = "full"
+    epochs: int = 15
+    batch_size: int = 128
+    lr: float = 0.05
+    optimizer: str = "sgd"
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    augment: bool = True
+    seed: int = 0
+    limit: int | None = None
+    device: str = "auto"
+    amp: str = "auto"
+    threads: int | None = None
+    download: bool = False
+    image_size: int = 32
+    channels: int = 3
+    val_fraction: float = 0.2
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.model in RECIPES, f"unknown model {self.model!r}; choose from {', '.join(RECIPES)}"),
+            (self.recipe in ("full", "fast"), f"unknown recipe {self.recipe!r}; choose full or fast"),
+            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
+            (self.lr > 0, f"--lr must be positive, got {self.lr}"),
+            (self.weight_decay >= 0, "--weight-decay must not be negative"),
+            (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
+            (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
+            (self.limit is None or self.limit >= 10, f"--limit must be at least 10, got {self.limit}"),
+            (self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}"),
+            (self.amp in AMP_MODES, f"--amp must be one of {', '.join(AMP_MODES)}"),
+            (self.threads is None or self.threads >= 1, "--threads must be at least 1"),
+            (self.image_size >= 8, "--image-size must be at least 8"),
+            (self.channels in (1, 3), "--channels must be 1 or 3"),
+            (0 < self.val_fraction < 1, "--val-fraction must be between 0 and 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise SlimserveError(message)
+
+    @classmethod
+    def from_recipe(cls, model: str, recipe: str = "full", **overrides: Any) -> "TrainConfig":
+        """The recipe's defaults for ``model``, then any explicitly given overrides."""
+        if model not in RECIPES:
+            raise SlimserveError(f"unknown model {model!r}; choose from {', '.join(RECIPES)}")
+        if recipe not in RECIPES[model]:
+            raise SlimserveError(f"unknown recipe {recipe!r}; choose full or fast")
+        values = {**RECIPES[model][recipe], **{k: v for k, v in overrides.items() if v is not None}}
+        return cls(model=model, recipe=recipe, **values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
