@@ -1,0 +1,83 @@
+"""`slimserve export`: argument parsing only, torch imported on use."""
+
+import argparse
+from pathlib import Path
+
+from slimserve.cli_types import positive_float, positive_int
+
+VARIANT_NAMES = ("fp32",)
+
+
+def _variant_list(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [n for n in names if n not in VARIANT_NAMES]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown variant {', '.join(unknown) or repr(text)}; choose from {', '.join(VARIANT_NAMES)}"
+        )
+    return names
+
+
+def _export(args: argparse.Namespace) -> None:
+    from export.pipeline import export_bundle
+    from export.variants import ExportSettings
+
+    settings = ExportSettings(
+        calibration_images=args.calibration_images,
+        calibration_method=args.calibration_method,
+        max_accuracy_drop=args.max_accuracy_drop,
+        seed=args.seed,
+    )
+    export_bundle(
+        Path(args.run_dir),
+        out=args.out,
+        name=args.name,
+        version=args.version,
+        variants=args.variants,
+        limit=args.limit,
+        settings=settings,
+        register=args.register,
+    )
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    export = commands.add_parser(
+        "export",
+        help="turn a checkpoint into a bundle of TorchScript + ONNX variants",
+        description="Verify a checkpoint, export each variant as frozen TorchScript and ONNX, check "
+        "parity and accuracy on the test split, write OUT/NAME/VERSION/manifest.json and register "
+        "each variant in the BentoML model store as NAME-VARIANT:VERSION.",
+    )
+    export.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by 'slimserve train'")
+    export.add_argument("--out", type=Path, default=Path("bundles"), help="bundles root (default: ./bundles)")
+    export.add_argument("--name", help="bundle name (default: ARCH-DATASET)")
+    export.add_argument("--version", help="bundle version (default: UTC time, YYYYMMDD-HHMMSS)")
+    export.add_argument(
+        "--variants",
+        type=_variant_list,
+        help=f"comma-separated subset of {','.join(VARIANT_NAMES)} (default: all)",
+    )
+    export.add_argument("--limit", type=positive_int, help="evaluate on N test images (default: all)")
+    export.add_argument(
+        "--calibration-images", type=positive_int, default=512, help="INT8 calibration images (default: 512)"
+    )
+    export.add_argument(
+        "--calibration-method",
+        choices=["minmax", "entropy", "percentile"],
+        default="minmax",
+        help="INT8 calibration method tried first (default: minmax)",
+    )
+    export.add_argument(
+        "--max-accuracy-drop",
+        type=positive_float,
+        default=0.5,
+        help="largest accepted accuracy drop vs fp32, in points (default: 0.5)",
+    )
+    export.add_argument("--seed", type=int, default=0, help="seed for subsets and fine-tuning (default: 0)")
+    export.add_argument(
+        "--no-register",
+        dest="register",
+        action="store_false",
+        help="write the bundle only, skip the BentoML model store",
+    )
+    export.set_defaults(handler=_export)

@@ -1,0 +1,187 @@
+"""`slimserve export`: checkpoint in, versioned bundle (and BentoML models) out.
+
+The parent checkpoint is verified and evaluated in fp32 first; that evaluation is the
+reference every variant's accuracy drop and top-1 agreement are measured against. Each
+variant is built independently: one that fails (an unsupported layer, a parity miss, an
+accuracy budget it cannot meet) is recorded under ``failed`` with the reason and the
+others are still written.
+"""
+
+import functools
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from export.checks import accuracy, predict
+from export.data import checkpoint_data, image_set
+from export.formats import eager_runner, quiet_torch_deprecations
+from export.report import print_report
+from export.variants import BUILDERS, ExportContext, ExportSettings
+from slimserve.errors import SlimserveError
+from slimserve.manifest import SCHEMA_VERSION, Manifest, check_name, read_manifest, write_manifest
+from training.checkpoint import library_versions, load_checkpoint
+
+DEFAULT_OUT = Path("bundles")
+
+
+def default_bundle_name(metadata: dict[str, Any]) -> str:
+    """``{arch}-{dataset}``, made safe for paths and BentoML tags."""
+    raw = f"{metadata['arch']}-{metadata['dataset']}".lower()
+    cleaned = "".join(c if c.isalnum() or c in "-_." else "-" for c in raw).strip("-_.")
+    return check_name("bundle", cleaned[:63])
+
+
+def new_version() -> str:
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+
+
+def default_variant(variants: dict[str, dict[str, Any]]) -> str:
+    """The fastest variant expected to keep accuracy: int8 when it met its budget."""
+    return "int8" if "int8" in variants else "fp32"
+
+
+def _select(variants: list[str] | None) -> list[str]:
+    if not variants:
+        return list(BUILDERS)
+    unknown = [v for v in variants if v not in BUILDERS]
+    if unknown:
+        raise SlimserveError(f"unknown variant {', '.join(unknown)}; choose from {', '.join(BUILDERS)}")
+    return [v for v in BUILDERS if v in variants]  # build order, so dependencies come first
+
+
+def export_bundle(
+    run_dir: str | Path,
+    *,
+    out: str | Path = DEFAULT_OUT,
+    name: str | None = None,
+    version: str | None = None,
+    variants: list[str] | None = None,
+    limit: int | None = None,
+    settings: ExportSettings | None = None,
+    register: bool = True,
+    console: Console | None = None,
+) -> Manifest:
+    """Export ``run_dir`` into ``out/NAME/VERSION`` and (by default) the BentoML store.
+
+    ``limit`` evaluates on a seeded subset of the test split (quick runs); without it
+    every number in the manifest is on the full test split.
+    """
+    console = console or Console()
+    settings = settings or ExportSettings()
+    selected = _select(variants)
+    checkpoint = load_checkpoint(run_dir)  # verifies the weights' sha256, refuses tampering
+    meta = checkpoint.metadata
+    name = check_name("bundle", name) if name else default_bundle_name(meta)
+    version = check_name("version", version or new_version())
+    bundle_dir = Path(out) / name / version
+    if bundle_dir.exists():
+        raise SlimserveError(f"{bundle_dir} already exists; pick another --version or remove it")
+
+    data = checkpoint_data(checkpoint)
+    eval_set = image_set(data, checkpoint, "test", limit, settings.seed)
+    with quiet_torch_deprecations():
+        fp32_logits = predict(eager_runner(checkpoint.model), eval_set.images)
+    fp32_accuracy = accuracy(fp32_logits, eval_set)
+    console.print(
+        f"Exporting [bold]{run_dir}[/] ({meta['arch']}, fp32 test accuracy {fp32_accuracy:.2%} "
+        f"on {len(eval_set)} images) to [bold]{bundle_dir}[/]"
+    )
+    # Loaded on first use: only INT8 variants calibrate.
+    calibration = functools.cache(
+        lambda: image_set(data, checkpoint, "train", settings.calibration_images, settings.seed)
+    )
+
+    bundle_dir.mkdir(parents=True)
+    ctx = ExportContext(
+        parent=checkpoint.model,
+        spec=checkpoint.spec,
+        eval_set=eval_set,
+        calibration=calibration,
+        settings=settings,
+        bundle_dir=bundle_dir,
+        fp32_accuracy=fp32_accuracy,
+        fp32_predictions=fp32_logits.argmax(1),
+    )
+    entries: dict[str, dict[str, Any]] = {}
+    failed: dict[str, str] = {}
+    torch.manual_seed(settings.seed)
+    for variant in selected:
+        with console.status(f"building {variant}…"):
+            try:
+                entries[variant] = BUILDERS[variant](ctx)
+            except Exception as exc:  # one variant's failure must not stop the others
+                failed[variant] = _reason(exc)
+                shutil.rmtree(bundle_dir / variant, ignore_errors=True)
+        if variant in entries:
+            console.print(f"  {variant}: ok")
+        else:
+            console.print(f"  [red]{variant}: failed[/] - {failed[variant]}")
+    if not entries:
+        raise SlimserveError(f"no variant could be exported: {failed}")
+
+    manifest_data = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "slimserve.bundle",
+        "name": name,
+        "version": version,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "parent": {
+            "run_dir": str(Path(run_dir).resolve()),
+            "weights_sha256": meta["weights_sha256"],
+            "arch": meta["arch"],
+            "arch_kwargs": meta["arch_kwargs"],
+            "test_accuracy": fp32_accuracy,
+            "checkpoint_test_accuracy": meta.get("metrics", {}).get("test_accuracy"),
+        },
+        "dataset": meta["dataset"],
+        "evaluation": {"split": "test", "images": len(eval_set), "limit": limit, "seed": settings.seed},
+        "classes": list(meta["classes"]),
+        "preprocess": meta["preprocess"],
+        "versions": {**library_versions(), **_export_versions()},
+        "default_variant": default_variant(entries),
+        "settings": settings.to_dict(),
+        "variants": entries,
+        "failed": failed,
+    }
+    write_manifest(bundle_dir, manifest_data)
+    manifest = read_manifest(bundle_dir)
+    print_report(manifest, console)
+    if register:
+        tags = register_variants(manifest)
+        console.print("Registered in the BentoML model store: " + ", ".join(tags))
+    return manifest
+
+
+def register_variants(manifest: Manifest) -> list[str]:
+    from export.registry import register_bundle
+
+    return register_bundle(manifest)
+
+
+def _reason(exc: Exception) -> str:
+    """One line: the message of a SlimserveError, or the type and first line of anything else
+    (exporters name the offending layer or operator there)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, SlimserveError):
+        return text
+    return f"{type(exc).__name__}: {text}"[:500]
+
+
+def _export_versions() -> dict[str, str]:
+    import bentoml
+    import onnx
+    import onnxruntime
+    import torch_pruning
+
+    return {
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "torch_pruning": torch_pruning.__version__,
+        "bentoml": bentoml.__version__,
+        "numpy": np.__version__,
+    }

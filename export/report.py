@@ -1,0 +1,62 @@
+"""The comparison table `slimserve export` prints: one row per variant, fp32 first."""
+
+from rich.console import Console
+from rich.table import Table
+
+from slimserve.manifest import Manifest
+
+
+def _size(num_bytes: int | None, reference: int | None) -> str:
+    if not num_bytes:
+        return "-"
+    size = f"{num_bytes / 1024:,.0f}K" if num_bytes < 10 * 1024**2 else f"{num_bytes / 1024**2:,.1f}M"
+    return f"{size} ({num_bytes / reference:.2f}x)" if reference else size
+
+
+def _count(value: int | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value / 1e6:.2f}M" if value >= 1e5 else f"{value / 1e3:.1f}k"
+
+
+def print_report(manifest: Manifest, console: Console) -> None:
+    data = manifest.data
+    fp32 = data["variants"].get("fp32")
+    fp32_onnx = fp32["files"]["onnx"]["bytes"] if fp32 and "onnx" in fp32["files"] else None
+    table = Table(
+        title=f"{manifest.name}:{manifest.version}  (test images: {data['evaluation']['images']}, "
+        f"fp32 eager accuracy {data['parent']['test_accuracy']:.2%})",
+        title_justify="left",
+    )
+    table.add_column("variant", no_wrap=True)
+    table.add_column("prec.", no_wrap=True)
+    for column in ("accuracy", "drop pts", "agree fp32", "ONNX size", "MACs", "params", "sparse"):
+        table.add_column(column, justify="right")
+    table.add_column("parity ONNX/TS", justify="right")
+    for name, entry in data["variants"].items():
+        onnx_bytes = entry["files"].get("onnx", {}).get("bytes")
+        parity = " / ".join(
+            f"{entry['parity'][fmt]['max_abs_diff']:.0e}" if fmt in entry["parity"] else "-"
+            for fmt in ("onnx", "torchscript")
+        )
+        marker = " *" if name == data.get("default_variant") else ""
+        table.add_row(
+            name + marker,
+            entry["precision"],
+            f"{entry['test_accuracy']:.2%}",
+            f"{entry['accuracy_drop']:+.2f}",
+            f"{entry['top1_agreement']:.2%}",
+            _size(onnx_bytes, fp32_onnx),
+            _count(entry.get("macs")),
+            _count(entry.get("params")),
+            f"{entry['sparsity']:.0%}",
+            parity,
+        )
+    console.print(table)
+    console.print("* default variant. Parity: max |logit diff| vs the eager model the file was made from.")
+    for name, entry in data["variants"].items():
+        if entry.get("notes"):
+            console.print(f"[bold]{name}[/]: {entry['notes']}")
+    for name, reason in data.get("failed", {}).items():
+        console.print(f"[red]{name} failed:[/] {reason}")
+    console.print(f"Bundle: [bold]{manifest.bundle_dir}[/]")
