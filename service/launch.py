@@ -1,0 +1,120 @@
+"""Start ``bentoml serve`` on the service, wait for readiness, show what is running.
+
+Variants are loaded once here first (sha256, providers, strict mode): a problem is one
+line on the terminal instead of a worker that BentoML restarts in a loop. The banner is
+printed from the running server's own model list, so it shows what the workers really use.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from service.config import ServeConfig
+from slimserve.errors import SlimserveError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SERVICE_TARGET = "service.service:Slimserve"
+
+
+def preflight(config: ServeConfig) -> dict[str, str]:
+    """Resolve and load every variant in this process, turning problems into SlimserveErrors."""
+    import bentoml
+
+    from service.store import load_variant, resolve_tags
+
+    tags = resolve_tags(config)
+    for name, tag in tags.items():
+        load_variant(name, tag, Path(bentoml.models.get(tag).path), config)
+    return tags
+
+
+def server_command(config: ServeConfig, host: str) -> list[str]:
+    return [
+        sys.executable, "-m", "bentoml", "serve", SERVICE_TARGET,
+        "--host", host, "--port", str(config.port), "--working-dir", str(REPO_ROOT),
+    ]  # fmt: skip
+
+
+def server_env(config: ServeConfig) -> dict[str, str]:
+    env = {**os.environ, **config.to_env()}
+    env.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    return env
+
+
+def wait_ready(process: subprocess.Popen, url: str, timeout: float) -> float:
+    """Seconds until ``/readyz`` answers 200; raises if the server exits or times out."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout:
+        if process.poll() is not None:
+            raise SlimserveError(f"the server exited with code {process.returncode} before becoming ready")
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=1) as response:
+                if response.status == 200:
+                    return time.perf_counter() - start
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.1)
+    raise SlimserveError(f"the server was not ready after {timeout:.0f} s; see its log above")
+
+
+def _short(provider: str) -> str:
+    return provider.removesuffix("ExecutionProvider")
+
+
+def print_banner(console: Console, url: str, models: dict, cold_start: float) -> None:
+    first = models["variants"][0]
+    table = Table(title=f"{first['bundle']}:{first['version']} at {url} (ready in {cold_start:.1f} s)")
+    for column in ("variant", "backend", "provider", "requested", "note"):
+        table.add_column(column)
+    for v in models["variants"]:
+        default = " *" if v["variant"] == models["default_variant"] else ""
+        note = f"fell back from {_short(v['requested'][0])}" if v["fell_back"] else ""
+        table.add_row(
+            v["variant"] + default, v["backend"], _short(v["provider"]), _short(v["requested"][0]), note
+        )
+    console.print(table)
+    batching = models["adaptive_batching"]
+    console.print(
+        f"* default variant. {models['workers']} worker(s) x {models['threads_per_worker']} thread(s); "
+        f"adaptive batching: max {batching['max_batch_size']} images, {batching['max_latency_ms']} ms deadline"
+    )
+    console.print("Try:", style="bold")
+    console.print(f"  curl -F file=@image.png {url}/predict", soft_wrap=True)
+    console.print(
+        f"  curl -H 'Content-Type: image/png' --data-binary @image.png '{url}/predict?top_k=3'",
+        soft_wrap=True,
+    )
+    console.print(f"  curl {url}/models   |   {url}/metrics   |   {url}/readyz", soft_wrap=True)
+
+
+def serve(config: ServeConfig, host: str = "0.0.0.0", ready_timeout: float = 120) -> None:
+    console = Console()
+    tags = preflight(config)
+    console.print(f"loading {', '.join(tags.values())} ({config.backend}, providers={config.providers})")
+    url = f"http://{'localhost' if host in ('0.0.0.0', '::') else host}:{config.port}"
+    process = subprocess.Popen(server_command(config, host), env=server_env(config))
+    try:
+        cold_start = wait_ready(process, url, ready_timeout)
+        with urllib.request.urlopen(f"{url}/models", timeout=5) as response:
+            models = json.load(response)
+        print_banner(console, url, models, cold_start)
+        process.wait()
+    except KeyboardInterrupt:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=30)
+        raise
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=30)
+    if process.returncode not in (0, -signal.SIGINT, -signal.SIGTERM):
+        raise SlimserveError(f"the server exited with code {process.returncode}")

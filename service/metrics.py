@@ -1,0 +1,26 @@
+"""Per-variant Prometheus metrics, served by BentoML's /metrics next to its own.
+
+BentoML's built-in HTTP metrics are per route; a route here serves several variants, so
+counts and latencies are labelled by variant as well. Defined at import so every worker
+registers the same families (BentoML aggregates them across workers).
+"""
+
+import bentoml
+
+predictions = bentoml.metrics.Counter(
+    name="slimserve_predictions_total",
+    documentation="Images classified, by variant, route and outcome",
+    labelnames=["variant", "route", "outcome"],
+)
+inference_seconds = bentoml.metrics.Histogram(
+    name="slimserve_inference_seconds",
+    documentation="Model call latency per variant (one call may hold a whole batch)",
+    labelnames=["variant"],
+    buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0),
+)
+request_seconds = bentoml.metrics.Histogram(
+    name="slimserve_request_seconds",
+    documentation="Server-side time per prediction request (decode + queue + model), by variant",
+    labelnames=["variant", "route"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
+)

@@ -1,0 +1,163 @@
+"""The BentoML service: ``bentoml serve service.service:Slimserve``.
+
+Configuration comes from ``SLIMSERVE_*`` variables (``service.config``), read at import
+so the model references exist at class scope: ``bentoml build`` then packs exactly the
+bundle variants this service serves, and a Bento carries them.
+"""
+
+import logging
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")  # telemetry off unless the user opts in
+
+import anyio
+import bentoml
+import numpy as np
+
+# BentoML's own adaptive batcher, the one behind ``@bentoml.api(batchable=True)``. That
+# decorator only batches its own pydantic-typed route, which cannot take raw or base64
+# images with JSON errors, so the routes in service.http drive the same dispatcher.
+from bentoml._internal.marshal.dispatcher import CorkDispatcher
+
+from service.config import ServeConfig
+from service.errors import RequestError
+from service.http import build_app
+from service.metrics import inference_seconds
+from service.preprocess import open_image
+from service.store import LoadedVariant, load_variant, resolve_tags
+
+logger = logging.getLogger("slimserve.service")
+CONFIG = ServeConfig.from_env()
+TAGS = resolve_tags(CONFIG)
+# Below these costs a thread hop (~50-100 us) costs more than the work it would move off
+# the event loop, so small images are decoded and fast models run in place.
+INLINE_PIXELS = 256 * 256
+INLINE_MODEL_SECONDS = 0.001
+
+
+def model_attribute(variant: str) -> str:
+    return "model_" + variant.replace("-", "_").replace(".", "_")
+
+
+def _overloaded() -> Any:
+    raise RequestError(
+        503,
+        f"overloaded: the request would wait longer than max_latency_ms={CONFIG.max_latency_ms} in the "
+        "batching queue; retry, or raise SLIMSERVE_MAX_LATENCY_MS",
+    )
+
+
+class Slimserve:
+    """Every requested variant of one bundle version, verified, warmed up and ready."""
+
+    def __init__(self) -> None:
+        start = time.perf_counter()
+        self.config = CONFIG
+        self.variants: dict[str, LoadedVariant] = {}
+        self.inline: dict[str, bool] = {}
+        for name, tag in TAGS.items():
+            stored = getattr(self, model_attribute(name))
+            variant = load_variant(name, tag, Path(stored.path), CONFIG)
+            self.variants[name] = variant
+            self.inline[name] = _model_seconds(variant) < INLINE_MODEL_SECONDS
+            logger.info("loaded %s: %s", tag, variant.backend.describe())
+        first = next(iter(self.variants.values()))
+        preferred = first.manifest.data.get("default_variant")
+        self.default_variant = preferred if preferred in self.variants else first.name
+        self.dispatchers = {
+            name: CorkDispatcher(
+                max_latency_in_ms=CONFIG.max_latency_ms,
+                max_batch_size=CONFIG.max_batch_size,
+                fallback=_overloaded,
+                get_batch_size=len,
+            )
+            for name in self.variants
+        }
+        self.batched = {name: self.dispatchers[name](self._batch_callback(name)) for name in self.variants}
+        self.model_limiter: anyio.CapacityLimiter | None = None
+        logger.info("slimserve ready in %.2f s", time.perf_counter() - start)
+
+    def __is_ready__(self) -> bool:
+        return bool(self.variants)
+
+    def pick(self, name: Any) -> LoadedVariant:
+        """The requested variant by name, checked against the loaded set only."""
+        if name is None or name == "":
+            return self.variants[self.default_variant]
+        if not isinstance(name, str) or name not in self.variants:
+            raise RequestError(404, f"unknown model {name!r}; loaded: {', '.join(self.variants)}")
+        return self.variants[name]
+
+    async def preprocess(self, variant: LoadedVariant, payloads: list[bytes]) -> np.ndarray:
+        images = [open_image(data, self.config.max_pixels) for data in payloads]
+        if sum(i.width * i.height for i in images) <= INLINE_PIXELS:
+            return variant.preprocessor.batch(images)
+        return await anyio.to_thread.run_sync(variant.preprocessor.batch, images)
+
+    async def _run_model(self, variant: LoadedVariant, batch: np.ndarray) -> np.ndarray:
+        start = time.perf_counter()
+        try:
+            if self.inline[variant.name]:
+                logits = variant.backend.run(batch)
+            else:
+                if self.model_limiter is None:
+                    self.model_limiter = anyio.CapacityLimiter(1)
+                logits = await anyio.to_thread.run_sync(
+                    variant.backend.run, batch, limiter=self.model_limiter
+                )
+        except Exception as exc:  # any backend failure: answer 503, keep serving
+            logger.exception("model %s failed on a batch of %d", variant.tag, len(batch))
+            raise RequestError(
+                503, f"model {variant.name} failed: {str(exc).splitlines()[0][:300]}"
+            ) from None
+        inference_seconds.labels(variant=variant.name).observe(time.perf_counter() - start)
+        return logits
+
+    async def infer_direct(self, variant: LoadedVariant, batch: np.ndarray) -> np.ndarray:
+        return await self._run_model(variant, batch)
+
+    def _batch_callback(self, name: str):
+        variant = self.variants[name]
+
+        async def run(items: tuple[np.ndarray, ...]) -> list[tuple[np.ndarray, int]]:
+            batch = items[0] if len(items) == 1 else np.concatenate(items)
+            logits = await self._run_model(variant, batch)
+            out, offset = [], 0
+            for item in items:
+                out.append((logits[offset : offset + len(item)], len(batch)))
+                offset += len(item)
+            return out
+
+        return run
+
+    async def infer_batched(self, variant: LoadedVariant, batch: np.ndarray) -> tuple[np.ndarray, int]:
+        """Queue for BentoML's adaptive batcher; returns this request's logits and the batch size used."""
+        return await self.batched[variant.name](batch)
+
+
+def _model_seconds(variant: LoadedVariant) -> float:
+    sample = np.zeros((1, *variant.manifest.spec.input_shape), dtype=np.float32)
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        variant.backend.run(sample)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+for _name, _tag in TAGS.items():
+    setattr(Slimserve, model_attribute(_name), bentoml.models.BentoModel(_tag))
+
+Slimserve = bentoml.service(
+    name="slimserve",
+    workers=CONFIG.worker_count,
+    threads=CONFIG.thread_count,
+    traffic={"timeout": CONFIG.timeout_s},
+    resources={"cpu": str(CONFIG.thread_count)}
+    | ({"gpu": 1} if CONFIG.providers in ("cuda", "tensorrt") else {}),
+    logging={"access": {"enabled": CONFIG.access_log}},
+)(bentoml.asgi_app(build_app(CONFIG), path="/")(Slimserve))

@@ -1,0 +1,130 @@
+"""Finding a bundle's variants in the BentoML model store and loading them, verified.
+
+Export registers each variant as ``NAME-VARIANT:VERSION`` labelled ``slimserve=bundle``;
+the service picks one bundle version and loads every requested variant of it. Model
+tags come from the store and the config, never from request data.
+"""
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import bentoml
+import numpy as np
+
+from service.backends import Backend, create_backend
+from service.config import ServeConfig
+from service.preprocess import Preprocessor
+from slimserve.errors import SlimserveError
+from slimserve.manifest import Manifest, read_manifest
+
+logger = logging.getLogger("slimserve.service")
+WARMUP_RUNS = 3
+
+
+def bundle_models() -> list[bentoml.Model]:
+    return [m for m in bentoml.models.list() if m.info.labels.get("slimserve") == "bundle"]
+
+
+def resolve_tags(config: ServeConfig) -> dict[str, str]:
+    """``{variant: tag}`` for the configured bundle, version and variants."""
+    models = bundle_models()
+    if not models:
+        raise SlimserveError(
+            f"no slimserve bundle in the BentoML model store under {_store_home()}; "
+            "create one with: slimserve export RUN_DIR"
+        )
+    bundles = sorted({m.info.labels["bundle"] for m in models})
+    bundle = config.bundle
+    if not bundle:
+        if len(bundles) > 1:
+            raise SlimserveError(
+                f"the model store holds several bundles ({', '.join(bundles)}); "
+                "choose one with --bundle or SLIMSERVE_BUNDLE"
+            )
+        bundle = bundles[0]
+    elif bundle not in bundles:
+        raise SlimserveError(f"no bundle {bundle!r} in the model store; it has {', '.join(bundles)}")
+    mine = [m for m in models if m.info.labels["bundle"] == bundle]
+    versions = {m.tag.version for m in mine}
+    if config.version == "latest":
+        version = max(mine, key=lambda m: m.info.creation_time).tag.version
+    elif config.version in versions:
+        version = config.version
+    else:
+        raise SlimserveError(
+            f"bundle {bundle} has no version {config.version!r}; it has {', '.join(sorted(versions))}"
+        )
+    found = {m.info.labels["variant"]: str(m.tag) for m in mine if m.tag.version == version}
+    wanted = config.variant_list or sorted(found)
+    unknown = [v for v in wanted if v not in found]
+    if unknown:
+        raise SlimserveError(
+            f"bundle {bundle}:{version} has no variant {', '.join(unknown)}; it has {', '.join(sorted(found))}"
+        )
+    return {v: found[v] for v in wanted}
+
+
+def _store_home() -> str:
+    return os.environ.get("BENTOML_HOME", "~/bentoml")
+
+
+@dataclass
+class LoadedVariant:
+    """One variant ready to answer: its manifest, preprocessing and a warmed-up backend."""
+
+    name: str
+    tag: str
+    manifest: Manifest
+    preprocessor: Preprocessor
+    backend: Backend
+    load_seconds: float
+
+    @property
+    def classes(self) -> list[str]:
+        return self.manifest.classes
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "variant": self.name,
+            "bundle": self.manifest.name,
+            "version": self.manifest.version,
+            "tag": self.tag,
+            **self.backend.describe(),
+            "load_seconds": round(self.load_seconds, 3),
+            "manifest": self.manifest.data,
+        }
+
+
+def load_variant(name: str, tag: str, model_dir: Path, config: ServeConfig) -> LoadedVariant:
+    """Read the manifest, verify the file's sha256, create and warm up the backend."""
+    start = time.perf_counter()
+    manifest = read_manifest(model_dir)
+    variant = manifest.variant(name)
+    files = variant.files
+    if config.backend not in files:
+        raise SlimserveError(
+            f"{tag} has no {config.backend} file (it has {', '.join(files)}); choose --backend accordingly"
+        )
+    path = files[config.backend].verified_path(model_dir)
+    backend = create_backend(
+        config.backend,
+        path,
+        label=tag,
+        providers=config.providers,
+        threads=config.thread_count,
+        strict=config.strict,
+    )
+    preprocessor = Preprocessor(manifest.spec)
+    # The first runs allocate ORT's arenas and pick kernels; readiness waits for them.
+    sample = np.zeros((1, *manifest.spec.input_shape), dtype=np.float32)
+    for _ in range(WARMUP_RUNS):
+        logits = backend.run(sample)
+    if logits.shape != (1, len(manifest.classes)):
+        raise SlimserveError(
+            f"{tag}: model output shape {tuple(logits.shape)} does not match "
+            f"{len(manifest.classes)} classes in the manifest"
+        )
+    return LoadedVariant(name, tag, manifest, preprocessor, backend, time.perf_counter() - start)
