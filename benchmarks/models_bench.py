@@ -1,0 +1,312 @@
+"""`slimserve bench models`: every variant x runtime x batch size, in-process, one report."""
+
+import tempfile
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from benchmarks.blocks import BlockResult, run_block
+from benchmarks.inputs import BenchData, load_test_images, save_array
+from benchmarks.machine import machine_info, share_of_peak
+from benchmarks.runtimes import EAGER, ONNXRUNTIME, TORCHSCRIPT
+from benchmarks.selection import pareto_front, recommend
+from slimserve.errors import SlimserveError
+from slimserve.manifest import Manifest, read_manifest
+
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+REFERENCE_VARIANT = "fp32"
+
+
+@dataclass(frozen=True)
+class ModelBenchSettings:
+    batch_sizes: tuple[int, ...] = (1, 8, 32, 64, 128)
+    threads: int = 2
+    warmup: int = 10
+    repeats: int = 100
+    max_seconds: float = 20.0  # per batch size and block, after warm-up
+    limit: int | None = None  # re-evaluate accuracy on this many test images instead of the manifest's
+    ort_spinning: bool = True
+    max_accuracy_drop: float = 0.5  # points, for the recommendation
+    select_batch: int = 64  # the batch size the recommendation and the accuracy plot use
+
+
+@dataclass(frozen=True)
+class Block:
+    variant: str
+    runtime: str
+    device: str  # torch device or ONNX Runtime provider
+
+
+def plan(manifest: Manifest, gpu: bool, ort_providers: list[str]) -> tuple[list[Block], list[str]]:
+    """The blocks to run, and notes on what is absent and why (never a silent gap)."""
+    notes: list[str] = []
+    blocks: list[Block] = []
+    run_dir = manifest.data["parent"].get("run_dir")
+    devices = ["cpu", "cuda"] if gpu else ["cpu"]
+    providers = ["CPUExecutionProvider"]
+    if gpu:
+        providers = [p for p in GPU_PROVIDERS if p in ort_providers] + providers
+    else:
+        notes.append("no GPU present: CUDA/TensorRT and torch CUDA rows are absent, not zero")
+    if REFERENCE_VARIANT in manifest.variants and run_dir and Path(run_dir).is_dir():
+        blocks += [Block(REFERENCE_VARIANT, EAGER, device) for device in devices]
+    else:
+        notes.append(
+            f"the reference checkpoint {run_dir!r} is gone, so PyTorch eager rows are absent; "
+            "speed-ups are relative to fp32 TorchScript instead"
+        )
+    for name, variant in manifest.variants.items():
+        if "torchscript" in variant.files:
+            blocks += [Block(name, TORCHSCRIPT, device) for device in devices]
+        if "onnx" in variant.files:
+            blocks += [Block(name, ONNXRUNTIME, provider) for provider in providers]
+    return blocks, notes
+
+
+def _job(
+    manifest: Manifest, block: Block, settings: ModelBenchSettings, inputs: str, eval_inputs: str | None
+):
+    return {
+        "runtime": block.runtime,
+        "device": block.device,
+        "bundle_dir": str(manifest.bundle_dir),
+        "variant": block.variant,
+        "run_dir": manifest.data["parent"].get("run_dir"),
+        "threads": settings.threads,
+        "spinning": settings.ort_spinning,
+        "batch_sizes": list(settings.batch_sizes),
+        "warmup": settings.warmup,
+        "repeats": settings.repeats,
+        "max_seconds": settings.max_seconds,
+        "inputs": inputs,
+        "eval_inputs": eval_inputs,
+    }
+
+
+def _file_bytes(manifest: Manifest, block: Block) -> int | None:
+    if block.runtime == EAGER:
+        weights = Path(manifest.data["parent"]["run_dir"]) / "model.safetensors"
+        return weights.stat().st_size if weights.is_file() else None
+    fmt = "onnx" if block.runtime == ONNXRUNTIME else "torchscript"
+    return manifest.variant(block.variant).files[fmt].bytes
+
+
+def _accuracy(
+    manifest: Manifest,
+    block: Block,
+    predictions: list[int] | None,
+    data: BenchData | None,
+    reference: np.ndarray | None,
+) -> dict[str, Any]:
+    """Re-measured with this runtime on ``--limit`` test images when given, else what export measured."""
+    if data is not None and predictions is not None:
+        predicted = np.asarray(predictions)
+        return {
+            "accuracy": float((predicted == data.labels).mean()),
+            "top1_agreement": None if reference is None else float((predicted == reference).mean()),
+            "accuracy_source": f"re-evaluated by this benchmark on {len(data.labels)} test images, per runtime",
+        }
+    images = manifest.data.get("evaluation", {}).get("images")
+    source = f"manifest: measured by export on {images} test images, per format"
+    if block.runtime == EAGER:
+        accuracy = manifest.data["parent"].get("test_accuracy")
+        return {"accuracy": accuracy, "top1_agreement": 1.0, "accuracy_source": source}
+    entry = manifest.variant(block.variant).entry
+    fmt = "onnx" if block.runtime == ONNXRUNTIME else "torchscript"
+    return {
+        "accuracy": entry.get("accuracy_by_format", {}).get(fmt, entry.get("test_accuracy")),
+        "top1_agreement": entry.get("top1_agreement_by_format", {}).get(fmt, entry.get("top1_agreement")),
+        "accuracy_source": source,
+    }
+
+
+def _rows(
+    manifest: Manifest,
+    block: Block,
+    result: BlockResult,
+    peak: dict[str, Any],
+    accuracy: dict[str, Any],
+) -> list[dict[str, Any]]:
+    variant = manifest.variant(block.variant)
+    macs = variant.entry.get("macs")
+    rows = []
+    for batch in result.batches:
+        gops = None if not macs else 2.0 * float(macs) * batch["images_per_s"] / 1e9
+        rows.append(
+            {
+                "variant": block.variant,
+                "runtime": block.runtime,
+                "device": result.info.get("device", block.device),
+                "precision": variant.precision,
+                **batch,
+                "peak_rss_mb": result.info.get("peak_rss_mb"),
+                "baseline_rss_mb": result.info.get("baseline_rss_mb"),
+                "load_s": result.info.get("load_s"),
+                "file_bytes": _file_bytes(manifest, block),
+                "macs": macs,
+                "gops": gops,
+                "share_of_peak": None if gops is None else share_of_peak(gops, variant.precision, peak),
+                **accuracy,
+            }
+        )
+    return rows
+
+
+def _add_ratios(rows: list[dict[str, Any]]) -> str:
+    """Speed-up against the reference (eager FP32 on CPU, else fp32 TorchScript) at each batch size."""
+    reference_runtime = EAGER if any(row["runtime"] == EAGER for row in rows) else TORCHSCRIPT
+    reference = {
+        row["batch_size"]: row
+        for row in rows
+        if row["variant"] == REFERENCE_VARIANT
+        and row["runtime"] == reference_runtime
+        and row["device"] == "cpu"
+    }
+    for row in rows:
+        base = reference.get(row["batch_size"])
+        row["speedup"] = None if base is None else row["images_per_s"] / base["images_per_s"]
+        row["latency_ratio"] = None if base is None else base["p50_ms"] / row["p50_ms"]
+    return f"{REFERENCE_VARIANT} {reference_runtime} (cpu)"
+
+
+def summarize(rows: list[dict[str, Any]], reference_name: str, settings: ModelBenchSettings) -> dict:
+    """Pareto front and recommendation at the selection batch size."""
+    at_batch = [row for row in rows if row["batch_size"] == settings.select_batch]
+    reference = next(
+        (row for row in at_batch if f"{row['variant']} {row['runtime']} ({row['device']})" == reference_name),
+        None,
+    )
+    judged = [row for row in at_batch if row.get("accuracy") is not None]
+    front = pareto_front([(row["images_per_s"], row["accuracy"]) for row in judged])
+    best = (
+        None if reference is None else recommend(at_batch, reference["accuracy"], settings.max_accuracy_drop)
+    )
+    key = ("variant", "runtime", "device")
+    return {
+        "batch_size": settings.select_batch,
+        "reference": reference_name,
+        "reference_accuracy": None if reference is None else reference["accuracy"],
+        "max_accuracy_drop_points": settings.max_accuracy_drop,
+        "pareto_front": [{k: judged[i][k] for k in key} for i in front],
+        "recommended": None if best is None else {k: best[k] for k in (*key, "images_per_s", "accuracy")},
+    }
+
+
+def _torch_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def bench_models(
+    bundle_dir: Path, out: Path, settings: ModelBenchSettings, console: Console | None = None
+) -> dict[str, Any]:
+    """Run the matrix, write bench-models.json/.md and the plots into ``out``; returns the report."""
+    import onnxruntime as ort
+
+    from benchmarks.plots import plot_accuracy_throughput, plot_latency
+    from benchmarks.report import models_markdown, models_table, write_json
+
+    console = console or Console()
+    if settings.select_batch not in settings.batch_sizes:
+        raise SlimserveError(
+            f"--select-batch {settings.select_batch} is not among --batch-sizes "
+            f"{','.join(map(str, settings.batch_sizes))}"
+        )
+    manifest = read_manifest(bundle_dir)
+    machine = machine_info()
+    gpu = bool(machine["gpus"]) or _torch_gpu()
+    blocks, notes = plan(manifest, gpu, ort.get_available_providers())
+    out.mkdir(parents=True, exist_ok=True)
+    max_batch = max(settings.batch_sizes)
+    data = load_test_images(manifest, max(max_batch, settings.limit or 0))
+    eval_data = (
+        None
+        if settings.limit is None
+        else BenchData(data.images[: settings.limit], data.labels[: settings.limit])
+    )
+    rows: list[dict[str, Any]] = []
+    failures: list[dict[str, str]] = []
+    reference_predictions = None
+    with tempfile.TemporaryDirectory(prefix="slimserve-bench-") as tmp:
+        inputs = save_array(data.images[:max_batch], Path(tmp) / "inputs.npy")
+        eval_inputs = None if eval_data is None else save_array(eval_data.images, Path(tmp) / "eval.npy")
+        progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
+        with progress:
+            task = progress.add_task("benchmarking", total=len(blocks) * len(settings.batch_sizes))
+            for block in blocks:
+                label = f"{block.variant} / {block.runtime} / {block.device}"
+                progress.update(task, description=label)
+
+                def on_batch(batch: dict[str, Any], label: str = label) -> None:
+                    progress.advance(task)
+                    progress.console.print(
+                        f"  {label:<48} batch {batch['batch_size']:>4}: p50 {batch['p50_ms']:8.3f} ms, "
+                        f"{batch['images_per_s']:10.0f} img/s"
+                    )
+
+                result = run_block(_job(manifest, block, settings, inputs, eval_inputs), on_batch)
+                if result.error:
+                    failures.append({**asdict(block), "error": result.error})
+                    progress.console.print(f"  [red]{label}: {result.error}[/red]")
+                    continue
+                predictions = result.info.get("predictions")
+                if block.runtime == EAGER and block.device == "cpu":
+                    reference_predictions = predictions
+                if reference_predictions is None and block.variant == REFERENCE_VARIANT and predictions:
+                    reference_predictions = predictions  # eager is gone: fp32 TorchScript is the reference
+                reference = None if reference_predictions is None else np.asarray(reference_predictions)
+                accuracy = _accuracy(manifest, block, predictions, eval_data, reference)
+                rows += _rows(manifest, block, result, machine["peak"], accuracy)
+    if not rows:
+        raise SlimserveError(f"every benchmark block failed; first error: {failures[0]['error']}")
+    reference_name = _add_ratios(rows)
+    report = {
+        "kind": "slimserve.bench-models",
+        "schema_version": 1,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "bundle": {"dir": str(manifest.bundle_dir), "name": manifest.name, "version": manifest.version},
+        "machine": machine,
+        "settings": {
+            **asdict(settings),
+            "batch_sizes": list(settings.batch_sizes),
+            "timing": "one worker process per variant x runtime; per batch size: warm-up calls, then "
+            "back-to-back timed calls (perf_counter) until --repeats or --max-seconds",
+            "throughput": "images/s = batch size / p50 latency",
+            "gops": "2 x MACs per image x images/s (1 MAC = 2 ops); MACs from the manifest",
+            "peak_rss": "VmHWM (peak resident set) of the worker process after timing (includes the runtime library; "
+            "baseline_rss_mb is the same process after importing the runtime, before loading the model)",
+            "thread_policy": f"{settings.threads} intra-op threads for every runtime (torch.set_num_threads, "
+            "ORT intra_op_num_threads), 1 inter-op thread, OMP/MKL_NUM_THREADS set alike",
+        },
+        "notes": notes,
+        "failures": failures,
+        "rows": rows,
+        "summary": summarize(rows, reference_name, settings),
+    }
+    json_path = out / "bench-models.json"
+    write_json(json_path, report)
+    plots = [
+        plot_latency(report, out / "latency-vs-batch.png"),
+        plot_accuracy_throughput(report, out / "accuracy-vs-throughput.png"),
+    ]
+    report["plots"] = [str(p) for p in plots if p is not None]
+    write_json(json_path, report)
+    (out / "bench-models.md").write_text(models_markdown(report))
+    console.print(models_table(report))
+    for note in notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    console.print(f"Report: {json_path}, {out / 'bench-models.md'}, plots: {', '.join(report['plots'])}")
+    return report

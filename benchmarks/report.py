@@ -1,0 +1,143 @@
+"""JSON, Markdown and terminal tables for the benchmark reports."""
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+MODEL_COLUMNS = (
+    ("variant", "variant", "{}"),
+    ("runtime", "runtime", "{}"),
+    ("device", "device", "{}"),
+    ("batch", "batch_size", "{}"),
+    ("p50 ms", "p50_ms", "{:.3f}"),
+    ("p90 ms", "p90_ms", "{:.3f}"),
+    ("p99 ms", "p99_ms", "{:.3f}"),
+    ("img/s", "images_per_s", "{:,.0f}"),
+    ("x ref", "speedup", "{:.2f}"),
+    ("GOP/s", "gops", "{:.1f}"),
+    ("% peak", "share_of_peak", "{:.1%}"),
+    ("peak RSS MB", "peak_rss_mb", "{:.0f}"),
+    ("file KB", "file_bytes", "{:,.0f}"),
+    ("MMACs", "macs", "{:.2f}"),
+    ("accuracy", "accuracy", "{:.2%}"),
+    ("agree fp32", "top1_agreement", "{:.2%}"),
+)
+SCALE = {"file_bytes": 1 / 1024, "macs": 1e-6}
+# The terminal gets the columns that decide a deployment; Markdown and JSON get all of them.
+TERMINAL_KEYS = ("variant", "runtime", "device", "batch_size", "p50_ms", "p99_ms", "images_per_s", "speedup")
+TERMINAL_KEYS += ("share_of_peak", "peak_rss_mb", "accuracy")
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Strict JSON (NaN is not JSON): a missing figure is null."""
+    path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+
+def cell(value: Any, fmt: str, key: str = "") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if key in SCALE:
+        value = value * SCALE[key]
+    return fmt.format(value)
+
+
+def _markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def model_cells(row: dict[str, Any]) -> list[str]:
+    return [cell(row.get(key), fmt, key) for _, key, fmt in MODEL_COLUMNS]
+
+
+def short_device(device: str) -> str:
+    return device.removesuffix("ExecutionProvider").lower()
+
+
+def models_table(report: dict[str, Any]) -> Table:
+    summary = report["summary"]
+    columns = [column for column in MODEL_COLUMNS if column[1] in TERMINAL_KEYS]
+    table = Table(
+        title=f"{report['bundle']['name']}:{report['bundle']['version']} on {report['machine']['cpu_model']}"
+    )
+    for header, _, _ in columns:
+        table.add_column(header, justify="left" if header in ("variant", "runtime", "device") else "right")
+    recommended = summary["recommended"] or {}
+    for row in report["rows"]:
+        is_best = row["batch_size"] == summary["batch_size"] and all(
+            row[key] == recommended.get(key) for key in ("variant", "runtime", "device")
+        )
+        cells = [cell(row.get(key), fmt, key) for _, key, fmt in columns]
+        cells[2] = short_device(cells[2])
+        table.add_row(*cells, style="bold green" if is_best else None)
+    return table
+
+
+def _peak_lines(machine: dict[str, Any]) -> list[str]:
+    peak = machine["peak"]
+    lines = [f"- Peak formula: {peak['formula']}"]
+    if peak.get("units"):
+        units = peak["units"]
+        lines.append(
+            f"- Assumed vector units ({units['name']}): FP32 {peak['fp32_ops_per_cycle_per_core']} ops/cycle/core, "
+            f"INT8 {peak['int8_ops_per_cycle_per_core']} ops/cycle/core; {units['note']}"
+        )
+        lines.append(
+            f"- Peak here: {peak['cores']} cores x {peak['clock_ghz']} GHz ({peak['clock_source']}) = "
+            f"FP32 {peak['fp32_gops']:.0f} GOP/s, INT8 {peak['int8_gops']:.0f} GOP/s"
+        )
+    else:
+        lines.append(f"- {peak['note']}")
+    return lines
+
+
+def models_markdown(report: dict[str, Any]) -> str:
+    machine, settings, summary = report["machine"], report["settings"], report["summary"]
+    bundle = report["bundle"]
+    lines = [
+        f"# Model benchmark: {bundle['name']}:{bundle['version']}",
+        "",
+        f"- Machine: {machine['cpu_model']}, {machine['physical_cores']} physical cores, "
+        f"{machine['memory_gib']} GiB, flags {', '.join(machine['flags'])}; GPUs: "
+        f"{', '.join(machine['gpus']) or 'no GPU present'}",
+        f"- Versions: {', '.join(f'{k} {v}' for k, v in machine['versions'].items())}",
+        *_peak_lines(machine),
+        f"- Threads: {settings['thread_policy']}",
+        f"- Timing: {settings['timing']}; warm-up {settings['warmup']}, repeats {settings['repeats']}, "
+        f"max {settings['max_seconds']} s per batch size",
+        f"- Throughput: {settings['throughput']}; GOP/s: {settings['gops']}",
+        f"- Peak RSS: {settings['peak_rss']}",
+        f"- Speed-up (x ref) is against {summary['reference']} at the same batch size",
+        f"- Created: {report['created_at']}",
+        "",
+    ]
+    sources = sorted({row["accuracy_source"] for row in report["rows"]})
+    lines += [f"- Accuracy: {source}" for source in sources]
+    lines += [f"- Note: {note}" for note in report["notes"]]
+    lines += [
+        f"- Failed: {f['variant']} / {f['runtime']} / {f['device']}: {f['error']}" for f in report["failures"]
+    ]
+    lines += [
+        "",
+        _markdown_table([h for h, _, _ in MODEL_COLUMNS], [model_cells(r) for r in report["rows"]]),
+        "",
+    ]
+    best = summary["recommended"]
+    lines.append(f"## Recommendation (batch {summary['batch_size']})")
+    lines.append("")
+    if best:
+        lines.append(
+            f"Deploy **{best['variant']} on {best['runtime']} ({best['device']})**: {best['images_per_s']:,.0f} img/s "
+            f"at {best['accuracy']:.2%} accuracy, the fastest within {summary['max_accuracy_drop_points']} points of "
+            f"the reference ({summary['reference']}, {summary['reference_accuracy']:.2%})."
+        )
+    else:
+        lines.append("No variant could be recommended: the reference row or accuracies are missing.")
+    front = ", ".join(f"{p['variant']}/{p['runtime']}/{p['device']}" for p in summary["pareto_front"])
+    lines += ["", f"Pareto front (accuracy vs images/s): {front}", ""]
+    lines += [f"![{Path(plot).stem}]({Path(plot).name})" for plot in report.get("plots", [])]
+    return "\n".join(lines) + "\n"

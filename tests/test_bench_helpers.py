@@ -1,0 +1,73 @@
+"""Unit tests for the benchmark's statistics, peak arithmetic and variant selection."""
+
+import pytest
+
+from benchmarks.cli import int_list
+from benchmarks.machine import ZEN4, machine_info, peak_ops_per_s, physical_cores, share_of_peak, vector_units
+from benchmarks.selection import pareto_front, recommend
+from benchmarks.stats import latency_summary, percentiles
+
+
+def test_percentiles_match_linear_interpolation():
+    samples = list(range(1, 101))  # 1..100
+    result = percentiles(samples)
+    assert result == {"p50": pytest.approx(50.5), "p90": pytest.approx(90.1), "p99": pytest.approx(99.01)}
+    assert percentiles([3.0, 1.0]) == {"p50": 2.0, "p90": pytest.approx(2.8), "p99": pytest.approx(2.98)}
+
+
+def test_percentiles_refuse_a_single_sample():
+    with pytest.raises(ValueError, match="at least 2"):
+        percentiles([1.0])
+
+
+def test_latency_summary_in_ms_and_images_per_second_from_p50():
+    summary = latency_summary([0.001, 0.002, 0.003], batch_size=8)
+    assert summary["p50_ms"] == pytest.approx(2.0)
+    assert summary["min_ms"] == pytest.approx(1.0)
+    assert summary["images_per_s"] == pytest.approx(4000.0)
+    assert summary["p50_ms"] <= summary["p90_ms"] <= summary["p99_ms"]
+
+
+def test_zen4_peak_per_cycle_and_formula():
+    assert ZEN4.fp32_ops_per_cycle == 32  # 2 pipes x 8 lanes x 2
+    assert ZEN4.int8_ops_per_cycle == 128  # 2 pipes x 32 byte lanes x 2
+    assert peak_ops_per_s(2, 2.5e9, 32) == pytest.approx(160e9)
+    assert vector_units("AuthenticAMD", 25, {"avx512f", "avx2", "fma"}) is ZEN4
+    assert vector_units("GenuineIntel", 6, {"avx512f"}).fp32_ops_per_cycle == 64
+    assert vector_units("GenuineIntel", 6, {"sse2"}) is None
+
+
+def test_physical_cores_count_smt_siblings_once():
+    blocks = [
+        {"processor": "0", "physical id": "0", "core id": "0"},
+        {"processor": "1", "physical id": "0", "core id": "0"},
+        {"processor": "2", "physical id": "0", "core id": "1"},
+    ]
+    assert physical_cores(blocks, {0, 1, 2}) == 2
+    assert physical_cores(blocks, {0}) == 1
+
+
+def test_machine_info_on_this_machine():
+    info = machine_info()
+    peak = info["peak"]
+    assert info["physical_cores"] >= 1
+    assert peak["clock_ghz"] > 0
+    if peak["units"] is not None:
+        assert peak["int8_gops"] > peak["fp32_gops"] > 0
+        assert share_of_peak(peak["fp32_gops"] / 2, "fp32", peak) == pytest.approx(0.5)
+        assert share_of_peak(peak["int8_gops"], "int8", peak) == pytest.approx(1.0)
+
+
+def test_pareto_front_and_recommendation():
+    points = [(100.0, 0.90), (400.0, 0.89), (300.0, 0.88), (50.0, 0.91)]
+    assert pareto_front(points) == [3, 0, 1]  # (300, 0.88) is beaten by (400, 0.89)
+    rows = [{"images_per_s": x, "accuracy": y} for x, y in points] + [{"images_per_s": 9e9, "accuracy": None}]
+    assert recommend(rows, reference_accuracy=0.90, max_drop_points=0.5) == rows[0]
+    assert recommend(rows, reference_accuracy=0.90, max_drop_points=1.0) == rows[1]
+    assert recommend(rows, reference_accuracy=0.99, max_drop_points=0.1) is None
+
+
+def test_batch_size_list_parsing():
+    assert int_list("32,1,8,8") == (1, 8, 32)
+    with pytest.raises(Exception, match="whole numbers"):
+        int_list("1,x")
