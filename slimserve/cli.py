@@ -19,7 +19,7 @@ from slimserve.errors import SlimserveError
 EXIT_USAGE = 2
 EXIT_ERROR = 1
 # Stage modules that contribute subcommands, in the order `--help` lists them.
-STAGE_CLIS = ("training.cli", "export.cli", "service.cli")
+STAGE_CLIS = ("training.cli", "export.cli", "service.cli", "benchmarks.cli")
 
 
 class _Parser(argparse.ArgumentParser):
