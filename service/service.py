@@ -157,7 +157,7 @@ Slimserve = bentoml.service(
     workers=CONFIG.worker_count,
     threads=CONFIG.thread_count,
     traffic={"timeout": CONFIG.timeout_s},
-    resources={"cpu": str(CONFIG.thread_count)}
+    resources={"cpu": str(CONFIG.worker_count * CONFIG.thread_count)}
     | ({"gpu": 1} if CONFIG.providers in ("cuda", "tensorrt") else {}),
     logging={"access": {"enabled": CONFIG.access_log}},
 )(bentoml.asgi_app(build_app(CONFIG), path="/")(Slimserve))
