@@ -1,0 +1,459 @@
+"""The BentoML service end to end: a real `slimserve serve` on a loopback port, real PNGs.
+
+One server for the module (cold start is seconds): the tiny CNN is exported through
+export's own API, one extra variant ``broken`` is added whose ONNX graph fails for
+batches larger than one (a real ONNX Runtime error, to check the 503 path and that the
+service stays up), and the bundle is registered in the session's BentoML store.
+"""
+
+import base64
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+from export.pipeline import export_bundle
+from export.registry import register_bundle
+from export.variants import BUILDERS
+from service.backends import OnnxBackend, TorchScriptBackend
+from service.config import ServeConfig
+from service.providers import CPU, CUDA, TENSORRT, requested_providers
+from service.store import load_variant
+from slimserve.errors import SlimserveError
+from slimserve.hashing import sha256_file
+from slimserve.manifest import read_manifest, write_manifest
+from training.checkpoint import load_checkpoint
+from training.datasets import load_data
+from training.transforms import eval_transform
+
+REPO = Path(__file__).resolve().parent.parent
+BUNDLE = "svc-cnn"
+LIMITS = {
+    "SLIMSERVE_MAX_BATCH_IMAGES": "4",
+    "SLIMSERVE_MAX_BODY_BYTES": "300000",
+    "SLIMSERVE_MAX_PIXELS": str(512 * 512),
+}
+
+
+def _add_broken_variant(bundle_dir: Path) -> None:
+    """fp32's graph plus a Reshape of the logits to (1, classes): fine at batch 1, fails at 2."""
+    manifest = read_manifest(bundle_dir)
+    fp32 = manifest.variant("fp32")
+    model = onnx.load(str(fp32.files["onnx"].verified_path(bundle_dir)))
+    output = model.graph.output[0].name
+    classes = len(manifest.classes)
+    shape = onnx.helper.make_tensor("broken_shape", onnx.TensorProto.INT64, [2], [1, classes])
+    model.graph.initializer.append(shape)
+    model.graph.node.append(onnx.helper.make_node("Reshape", [output, "broken_shape"], ["broken_logits"]))
+    model.graph.output[0].name = "broken_logits"
+    (bundle_dir / "broken").mkdir()
+    path = bundle_dir / "broken" / "model.onnx"
+    onnx.save(model, str(path))
+    data = json.loads(json.dumps(manifest.data))
+    entry = {k: v for k, v in fp32.entry.items() if k != "files"}
+    entry["files"] = {
+        "onnx": {"path": "broken/model.onnx", "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    }
+    data["variants"]["broken"] = entry
+    write_manifest(bundle_dir, data)
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_cnn_run: Path, tmp_path_factory: pytest.TempPathFactory):
+    variants = [v for v in ("fp32", "int8") if v in BUILDERS]
+    manifest = export_bundle(
+        tiny_cnn_run,
+        out=tmp_path_factory.mktemp("bundles"),
+        name=BUNDLE,
+        version="v1",
+        variants=variants,
+        limit=300,
+        register=False,
+    )
+    _add_broken_variant(manifest.bundle_dir)
+    manifest = read_manifest(manifest.bundle_dir)
+    register_bundle(manifest)
+    return manifest
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+class Server:
+    def __init__(self, url: str, process: subprocess.Popen, log: Path, cold_start: float) -> None:
+        self.url, self.process, self.log, self.cold_start = url, process, log, cold_start
+        self.client = httpx.Client(base_url=url, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(bundle, tmp_path_factory: pytest.TempPathFactory):
+    port = _free_port()
+    log = tmp_path_factory.mktemp("server") / "serve.log"
+    env = {**os.environ, **LIMITS, "SLIMSERVE_BUNDLE": BUNDLE, "COLUMNS": "200"}
+    command = ["slimserve", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    start = time.perf_counter()
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while "Try:" not in log.read_text():
+            assert process.poll() is None, f"slimserve serve exited:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"not ready in 120 s:\n{log.read_text()}"
+            time.sleep(0.2)
+        yield Server(url, process, log, time.perf_counter() - start)
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    return load_data("fashion-mnist")
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def sample_png(fashion) -> bytes:
+    return png_bytes(fashion.test[0][0])
+
+
+# ---------------------------------------------------------------- happy paths
+
+
+@pytest.mark.http
+def test_startup_banner_shows_url_variants_and_curl(server, bundle):
+    text = server.log.read_text()
+    assert f"{BUNDLE}:v1 at http://127.0.0.1:" in text
+    for variant in bundle.variants:
+        assert variant in text
+    assert f"curl -F file=@image.png {server.url}/predict" in text
+
+
+@pytest.mark.http
+def test_three_input_styles_agree(server, sample_png):
+    multipart = server.client.post("/predict", files={"file": ("a.png", sample_png, "image/png")})
+    raw = server.client.post("/predict", content=sample_png, headers={"Content-Type": "image/png"})
+    b64 = server.client.post("/predict", json={"image": base64.b64encode(sample_png).decode()})
+    answers = [r.json() for r in (multipart, raw, b64)]
+    assert [r.status_code for r in (multipart, raw, b64)] == [200, 200, 200]
+    assert answers[0]["predictions"] == answers[1]["predictions"] == answers[2]["predictions"]
+    first = answers[0]
+    assert first["variant"] == "fp32" and first["version"] == "v1" and first["bundle"] == BUNDLE
+    assert first["backend"] == "onnx" and first["provider"] == CPU
+    assert len(first["predictions"]) == 5
+    assert set(first["timing"]) == {"preprocess_ms", "model_ms", "total_ms"}
+    probabilities = [p["probability"] for p in first["predictions"]]
+    assert probabilities == sorted(probabilities, reverse=True)
+
+
+@pytest.mark.http
+def test_top_k_and_unbatched_route(server, sample_png, bundle):
+    one = server.client.post(
+        "/predict/unbatched?top_k=1", content=sample_png, headers={"Content-Type": "image/png"}
+    )
+    every = server.client.post("/predict?top_k=50", content=sample_png, headers={"Content-Type": "image/png"})
+    assert one.status_code == every.status_code == 200
+    assert len(one.json()["predictions"]) == 1
+    ranked = every.json()["predictions"]
+    assert len(ranked) == len(bundle.classes)  # k is capped at the class count
+    assert abs(sum(p["probability"] for p in ranked) - 1.0) < 1e-6
+    assert one.json()["predictions"][0] == ranked[0]
+    assert {p["label"] for p in ranked} == set(bundle.classes)
+
+
+@pytest.mark.http
+def test_batch_matches_single_predictions(server, fashion):
+    pngs = [png_bytes(fashion.test[i][0]) for i in range(3)]
+    batch = server.client.post(
+        "/predict/batch?top_k=2", files=[("files", (f"{i}.png", p, "image/png")) for i, p in enumerate(pngs)]
+    )
+    assert batch.status_code == 200
+    results = batch.json()["results"]
+    singles = [
+        server.client.post("/predict?top_k=2", content=p, headers={"Content-Type": "image/png"}).json()
+        for p in pngs
+    ]
+    assert len(results) == 3
+    for result, single in zip(results, singles, strict=True):
+        assert [p["index"] for p in result["predictions"]] == [p["index"] for p in single["predictions"]]
+        for a, b in zip(result["predictions"], single["predictions"], strict=True):
+            assert abs(a["probability"] - b["probability"]) < 1e-5
+    as_json = server.client.post(
+        "/predict/batch", json={"images": [base64.b64encode(p).decode() for p in pngs]}
+    )
+    assert [r["predictions"][0]["index"] for r in as_json.json()["results"]] == [
+        r["predictions"][0]["index"] for r in results
+    ]
+
+
+@pytest.mark.http
+def test_variant_selection_and_model_list(server, bundle, sample_png):
+    for variant in bundle.variants:
+        answer = server.client.post(
+            f"/predict?variant={variant}", content=sample_png, headers={"Content-Type": "image/png"}
+        )
+        assert answer.status_code == 200 and answer.json()["variant"] == variant
+    listing = server.client.get("/models").json()
+    assert listing["default_variant"] == bundle.data["default_variant"]
+    described = {v["variant"]: v for v in listing["variants"]}
+    assert set(described) == set(bundle.variants)
+    fp32 = described["fp32"]
+    assert fp32["manifest"]["variants"]["fp32"]["files"] == bundle.data["variants"]["fp32"]["files"]
+    assert fp32["tag"] == f"{BUNDLE}-fp32:v1"
+    # onnxruntime-gpu lists TensorRT and CUDA here but there is no GPU: the silent
+    # fallback ONNX Runtime does is reported as what it is.
+    assert fp32["requested"][0] == TENSORRT
+    assert fp32["active"] == [CPU] and fp32["provider"] == CPU and fp32["fell_back"] is True
+    assert listing["torch_imported"] is False
+
+
+@pytest.mark.http
+def test_served_process_never_imports_torch(server):
+    """Every process under `slimserve serve` (BentoML's arbiter and workers) is free of libtorch."""
+    processes = _descendants(server.process.pid)
+    maps = {pid: Path(f"/proc/{pid}/maps").read_text() for pid in processes}
+    assert any("libonnxruntime" in text for text in maps.values()), "no worker with ONNX Runtime found"
+    for pid, text in maps.items():
+        assert "libtorch" not in text, f"process {pid} has loaded torch"
+
+
+@pytest.mark.http
+def test_metrics_include_per_variant_counters_and_latency(server, sample_png):
+    server.client.post("/predict?variant=fp32", content=sample_png, headers={"Content-Type": "image/png"})
+    text = server.client.get("/metrics").text
+    assert 'slimserve_predictions_total{outcome="ok",route="predict",variant="fp32"}' in text
+    assert 'slimserve_inference_seconds_bucket{le="0.001",variant="fp32"}' in text
+    assert "slimserve_request_seconds_count" in text
+    assert "bentoml_service_request_duration_seconds" in text
+    assert server.client.get("/readyz").status_code == 200
+    assert server.client.get("/livez").status_code == 200
+
+
+@pytest.mark.http
+@pytest.mark.slow
+def test_served_predictions_equal_in_process_pytorch_on_100_pngs(server, fashion, tiny_cnn_run, tmp_path):
+    """100 real test images as PNG files, sent concurrently so adaptive batching forms real batches."""
+    paths = []
+    for index in range(100):
+        path = tmp_path / f"{index}.png"
+        fashion.test[index][0].save(path)
+        paths.append(path)
+    checkpoint = load_checkpoint(tiny_cnn_run)
+    transform = eval_transform(checkpoint.spec)
+    with torch.inference_mode():
+        batch = torch.stack([transform(Image.open(p)) for p in paths])
+        expected = torch.softmax(checkpoint.model(batch), dim=1).numpy()
+
+    def ask(path: Path) -> dict:
+        response = server.client.post(
+            "/predict?variant=fp32&top_k=1", content=path.read_bytes(), headers={"Content-Type": "image/png"}
+        )
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(ask, paths))
+    served_top1 = np.array([a["predictions"][0]["index"] for a in answers])
+    assert np.array_equal(served_top1, expected.argmax(1))
+    served_p = np.array([a["predictions"][0]["probability"] for a in answers])
+    assert np.abs(served_p - expected.max(1)).max() < 1e-4
+    assert max(a["batch_size"] for a in answers) >= 1
+
+
+# ---------------------------------------------------------------- errors
+
+
+def _truncated_png(fashion) -> bytes:
+    data = png_bytes(fashion.test[1][0].resize((200, 200)))
+    return data[: len(data) // 2]
+
+
+def _tiff() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (28, 28)).save(buffer, format="TIFF")
+    return buffer.getvalue()
+
+
+@pytest.mark.http
+@pytest.mark.parametrize(
+    ("case", "status", "fragment"),
+    [
+        ("empty", 400, "zero bytes"),
+        ("not-an-image", 400, "not a readable"),
+        ("tiff", 400, "not a readable PNG, JPEG, WebP, BMP or GIF"),
+        ("truncated", 400, "truncated"),
+        ("bad-base64", 400, "not valid base64"),
+        ("json-list", 400, "must be an object"),
+        ("too-many-pixels", 413, "limit is 262144"),
+        ("body-too-large", 413, "request body too large"),
+        ("wrong-content-type", 415, "unsupported content type 'text/plain'"),
+        ("unknown-model", 404, "unknown model 'nope'; loaded: "),
+        ("batch-too-large", 413, "limit is 4"),
+        ("bad-top-k", 400, "top_k must be"),
+        ("two-files-to-predict", 400, "exactly one image"),
+    ],
+)
+def test_errors_are_json_objects_with_the_right_status(server, fashion, sample_png, case, status, fragment):
+    png = {"Content-Type": "image/png"}
+    requests = {
+        "empty": lambda: server.client.post("/predict", content=b"", headers=png),
+        "not-an-image": lambda: server.client.post("/predict", content=b"hello world", headers=png),
+        "tiff": lambda: server.client.post("/predict", files={"file": ("a.tif", _tiff(), "image/tiff")}),
+        "truncated": lambda: server.client.post("/predict", content=_truncated_png(fashion), headers=png),
+        "bad-base64": lambda: server.client.post("/predict", json={"image": "%%% not base64"}),
+        "json-list": lambda: server.client.post("/predict", json=["a"]),
+        "too-many-pixels": lambda: server.client.post(
+            "/predict", content=png_bytes(Image.new("L", (600, 600))), headers=png
+        ),
+        "body-too-large": lambda: server.client.post("/predict", content=os.urandom(400_000), headers=png),
+        "wrong-content-type": lambda: server.client.post(
+            "/predict", content=b"hi", headers={"Content-Type": "text/plain"}
+        ),
+        "unknown-model": lambda: server.client.post("/predict?variant=nope", content=sample_png, headers=png),
+        "batch-too-large": lambda: server.client.post(
+            "/predict/batch", files=[("files", (f"{i}.png", sample_png, "image/png")) for i in range(5)]
+        ),
+        "bad-top-k": lambda: server.client.post("/predict?top_k=zero", content=sample_png, headers=png),
+        "two-files-to-predict": lambda: server.client.post(
+            "/predict",
+            files=[("a", ("a.png", sample_png, "image/png")), ("b", ("b.png", sample_png, "image/png"))],
+        ),
+    }
+    response = requests[case]()
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert isinstance(body, dict) and set(body) == {"error"}
+    assert fragment in body["error"]
+
+
+@pytest.mark.http
+def test_streamed_body_over_limit_is_cut_off_with_413(server):
+    """No Content-Length (chunked upload): the middleware counts bytes as they arrive."""
+
+    def chunks():
+        for _ in range(40):
+            yield b"\0" * 10_000
+
+    response = server.client.post("/predict", content=chunks(), headers={"Content-Type": "image/png"})
+    assert response.status_code == 413
+    assert response.json() == {"error": "request body too large: the limit is 300000 bytes"}
+
+
+@pytest.mark.http
+def test_model_failure_is_503_and_service_stays_up(server, sample_png):
+    files = [("files", (f"{i}.png", sample_png, "image/png")) for i in range(2)]
+    failed = server.client.post("/predict/batch?variant=broken", files=files)
+    assert failed.status_code == 503
+    assert failed.json()["error"].startswith("model broken failed: ")
+    again = server.client.post(
+        "/predict?variant=broken", content=sample_png, headers={"Content-Type": "image/png"}
+    )
+    assert again.status_code == 200 and again.json()["variant"] == "broken"
+    assert server.process.poll() is None
+
+
+# ---------------------------------------------------------------- providers and backends (in process)
+
+
+def test_provider_preference_and_explicit_choices():
+    everything = [TENSORRT, CUDA, CPU]
+    assert requested_providers("auto", everything) == everything
+    assert requested_providers("auto", [CUDA, CPU]) == [CUDA, CPU]
+    assert requested_providers("auto", [CPU]) == [CPU]
+    assert requested_providers("cpu", everything) == [CPU]
+    assert requested_providers("cuda", everything) == [CUDA, CPU]
+    with pytest.raises(SlimserveError, match="no CUDAExecutionProvider"):
+        requested_providers("cuda", [CPU])
+
+
+def test_silent_cuda_fallback_is_detected_and_strict_refuses(bundle):
+    import onnxruntime
+
+    assert CUDA in onnxruntime.get_available_providers(), "this check needs onnxruntime-gpu installed"
+    path = bundle.variant("fp32").files["onnx"].verified_path(bundle.bundle_dir)
+    cuda = OnnxBackend(path, label="t", providers="cuda", threads=1, strict=False)
+    assert cuda.providers.requested == [CUDA, CPU]
+    assert cuda.providers.active == [CPU] and cuda.providers.fell_back
+    cpu = OnnxBackend(path, label="t", providers="cpu", threads=1, strict=True)
+    assert cpu.describe()["provider"] == CPU and not cpu.providers.fell_back
+    with pytest.raises(SlimserveError, match="strict mode: t: asked ONNX Runtime for CUDAExecutionProvider"):
+        OnnxBackend(path, label="t", providers="cuda", threads=1, strict=True)
+
+
+def test_torchscript_backend_agrees_with_onnx(bundle, fashion):
+    from service.preprocess import Preprocessor
+
+    config = ServeConfig(backend="torchscript", providers="cpu", threads=1)
+    stored = Path(__import__("bentoml").models.get(f"{BUNDLE}-fp32:v1").path)
+    ts = load_variant("fp32", f"{BUNDLE}-fp32:v1", stored, config)
+    assert isinstance(ts.backend, TorchScriptBackend) and ts.backend.describe()["provider"] == "torch-cpu"
+    onnx_variant = load_variant("fp32", f"{BUNDLE}-fp32:v1", stored, ServeConfig(providers="cpu", threads=1))
+    batch = Preprocessor(bundle.spec).batch([fashion.test[i][0] for i in range(16)])
+    assert np.abs(ts.backend.run(batch) - onnx_variant.backend.run(batch)).max() < 1e-4
+
+
+def test_tampered_model_file_is_refused(bundle, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle.bundle_dir, copy)
+    with open(copy / "fp32" / "model.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(SlimserveError, match="sha256 mismatch"):
+        load_variant("fp32", "x", copy, ServeConfig(providers="cpu"))
+
+
+def test_serve_cli_unknown_bundle_is_one_line(bundle):
+    result = subprocess.run(
+        [sys.executable, "-m", "slimserve.cli", "serve", "--bundle", "nope", "--port", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no bundle 'nope' in the model store" in lines[0]
