@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -401,6 +402,23 @@ def test_model_failure_is_503_and_service_stays_up(server, sample_png):
 # ---------------------------------------------------------------- providers and backends (in process)
 
 
+def test_config_from_environment_round_trips_and_rejects_bad_values():
+    config = ServeConfig.from_env(
+        {"SLIMSERVE_WORKERS": "2", "SLIMSERVE_STRICT": "yes", "SLIMSERVE_VARIANTS": "a, b"}
+    )
+    assert config.strict and config.variant_list == ["a", "b"] and config.worker_count == 2
+    assert config.thread_count == max(1, len(os.sched_getaffinity(0)) // 2)
+    assert ServeConfig.from_env(config.to_env()) == config
+    for variable, value, message in [
+        ("SLIMSERVE_PORT", "x", "SLIMSERVE_PORT must be a whole number"),
+        ("SLIMSERVE_STRICT", "maybe", "SLIMSERVE_STRICT must be true or false"),
+        ("SLIMSERVE_PROVIDERS", "rocm", "providers must be one of auto, cpu, cuda, tensorrt"),
+        ("SLIMSERVE_MAX_BATCH_SIZE", "0", "SLIMSERVE_MAX_BATCH_SIZE must be at least 1"),
+    ]:
+        with pytest.raises(SlimserveError, match=message):
+            ServeConfig.from_env({variable: value})
+
+
 def test_provider_preference_and_explicit_choices():
     everything = [TENSORRT, CUDA, CPU]
     assert requested_providers("auto", everything) == everything
@@ -457,3 +475,43 @@ def test_serve_cli_unknown_bundle_is_one_line(bundle):
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "no bundle 'nope' in the model store" in lines[0]
+
+
+# ---------------------------------------------------------------- Bento
+
+
+@pytest.mark.slow
+def test_bentoml_build_references_the_models_and_writes_a_gpu_ready_dockerfile(bundle, tmp_path):
+    """`bentoml build` offline; Docker cannot run here, so the check stops at the Dockerfile."""
+    env = {**os.environ, "SLIMSERVE_BUNDLE": BUNDLE, "SLIMSERVE_VARIANTS": "fp32"}
+    bentoml_cli = [sys.executable, "-m", "bentoml"]
+    built = subprocess.run(
+        [*bentoml_cli, "build", "-f", str(REPO / "bentofile.yaml"), str(REPO), "-o", "tag"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr[-2000:]
+    tag = built.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    info = json.loads(
+        subprocess.run(
+            [*bentoml_cli, "get", tag, "-o", "json"], env=env, capture_output=True, text=True, check=True
+        ).stdout
+    )
+    assert [m["tag"] for m in info["services"][0]["models"]] == [f"{BUNDLE}-fp32:v1"]
+    assert {e["name"]: e["value"] for e in info["envs"]}["BENTOML_DO_NOT_TRACK"] == "true"
+
+    bento_dir = Path(os.environ["BENTOML_HOME"]) / "bentos" / "slimserve" / tag.split(":")[1]
+    dockerfile = (bento_dir / "env" / "docker" / "Dockerfile").read_text()
+    assert "ENV NVIDIA_VISIBLE_DEVICES=$NVIDIA_VISIBLE_DEVICES" in dockerfile
+    assert "ARG NVIDIA_DRIVER_CAPABILITIES=compute,utility" in dockerfile
+    requirements = (bento_dir / "env" / "python" / "requirements.txt").read_text()
+    assert "onnxruntime-gpu[cuda,cudnn]==1.31.1" in requirements and "nvidia-cublas" in requirements
+    assert "torch" not in requirements and "onnx==" not in requirements
+    packaged = {p.relative_to(bento_dir / "src").parts[0] for p in (bento_dir / "src").rglob("*.py")}
+    assert packaged == {"service", "slimserve"}  # no training or export code in the Bento
+
+    archive = tmp_path / "slimserve.bento"
+    subprocess.run([*bentoml_cli, "export", tag, str(archive)], env=env, check=True, capture_output=True)
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    assert f"./models/{BUNDLE}-fp32/v1/fp32/model.onnx" in names
+    assert f"./models/{BUNDLE}-fp32/v1/manifest.json" in names
