@@ -18,6 +18,16 @@ def int_list(text: str) -> tuple[int, ...]:
     return tuple(sorted(set(values)))
 
 
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def default_threads() -> int:
     return len(os.sched_getaffinity(0))
 
@@ -37,6 +47,23 @@ def _models(args: argparse.Namespace) -> None:
         select_batch=args.select_batch or (64 if 64 in args.batch_sizes else max(args.batch_sizes)),
     )
     bench_models(Path(args.bundle_dir), args.out, settings)
+
+
+def _http(args: argparse.Namespace) -> None:
+    from benchmarks.http_bench import HttpBenchSettings, bench_http
+
+    settings = HttpBenchSettings(
+        concurrency=args.concurrency,
+        duration_s=args.duration,
+        requests=args.requests,
+        images_dir=args.images,
+        image_count=args.image_count,
+        variant=args.variant,
+        reference=args.reference,
+        bundle_dir=args.bundle,
+        in_process_repeats=args.in_process_repeats,
+    )
+    bench_http(args.url, args.out, settings)
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -91,3 +118,39 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     models.add_argument("--out", type=Path, default=Path("bench-results"), help="default: ./bench-results")
     models.set_defaults(handler=_models)
+
+    http = sub.add_parser(
+        "http",
+        help="load-test the running service with locust, beside a bare Starlette reference",
+        description="Drive the service at URL (loopback only) with headless locust at each concurrency, "
+        "on its adaptive-batching and unbatched routes, and a bare Starlette+uvicorn endpoint doing the same "
+        "inference (started here); compare with the in-process batch-1 latency of the same variant.",
+    )
+    http.add_argument("url", metavar="URL", help="the service, e.g. http://127.0.0.1:3000")
+    http.add_argument("--concurrency", type=int_list, default=(1, 8, 32, 64), help="default: 1,8,32,64")
+    http.add_argument(
+        "--duration", type=positive_float, default=20.0, help="seconds per target and concurrency (20)"
+    )
+    http.add_argument(
+        "--requests", type=positive_int, default=3000, help="requests per target and concurrency (3000)"
+    )
+    http.add_argument("--images", type=Path, help="folder of image files to send (default: real test images)")
+    http.add_argument("--image-count", type=positive_int, default=64, help="images to cycle through (64)")
+    http.add_argument("--variant", help="variant to request (default: the service's default)")
+    http.add_argument(
+        "--reference",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also start and measure the bare Starlette+uvicorn reference endpoint (default: on)",
+    )
+    http.add_argument(
+        "--bundle", type=Path, help="bundle folder for the reference (default: the BentoML store entry)"
+    )
+    http.add_argument(
+        "--in-process-repeats",
+        type=non_negative_int,
+        default=300,
+        help="timed in-process batch-1 calls for the comparison (0 skips it; default 300)",
+    )
+    http.add_argument("--out", type=Path, default=Path("bench-results"), help="default: ./bench-results")
+    http.set_defaults(handler=_http)

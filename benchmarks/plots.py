@@ -114,3 +114,38 @@ def plot_accuracy_throughput(report: dict[str, Any], path: Path) -> Path | None:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_http(report: dict[str, Any], path: Path) -> Path:
+    """Requests/s and p50/p99 latency vs concurrency, one line per target."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    for target, rows in report["results"].items():
+        rows = sorted(rows, key=lambda row: row["concurrency"])
+        levels = [row["concurrency"] for row in rows]
+        left.plot(levels, [row["ok_per_s"] or 0 for row in rows], marker="o", label=target)
+        timed = [row for row in rows if "p50_ms" in row]
+        line = right.plot(
+            [r["concurrency"] for r in timed], [r["p50_ms"] for r in timed], marker="o", label=f"{target} p50"
+        )
+        right.plot(
+            [r["concurrency"] for r in timed],
+            [r["p99_ms"] for r in timed],
+            ls="--",
+            color=line[0].get_color(),
+            label=f"{target} p99",
+        )
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(report["settings"]["concurrency"], [str(c) for c in report["settings"]["concurrency"]])
+        ax.set_xlabel("concurrent clients")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    left.set_ylabel("successful requests/s")
+    right.set_ylabel("latency ms")
+    right.set_yscale("log")
+    fig.suptitle(f"{report['url']} variant {report['variant']}")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -141,3 +141,93 @@ def models_markdown(report: dict[str, Any]) -> str:
     lines += ["", f"Pareto front (accuracy vs images/s): {front}", ""]
     lines += [f"![{Path(plot).stem}]({Path(plot).name})" for plot in report.get("plots", [])]
     return "\n".join(lines) + "\n"
+
+
+HTTP_COLUMNS = (
+    ("target", "target", "{}"),
+    ("concurrency", "concurrency", "{}"),
+    ("requests", "requests", "{:,}"),
+    ("req/s", "ok_per_s", "{:,.1f}"),
+    ("p50 ms", "p50_ms", "{:.2f}"),
+    ("p90 ms", "p90_ms", "{:.2f}"),
+    ("p99 ms", "p99_ms", "{:.2f}"),
+    ("errors", "error_rate", "{:.2%}"),
+)
+
+
+def _http_rows(report: dict[str, Any]) -> list[list[str]]:
+    return [
+        [cell({**row, "target": target}.get(key), fmt) for _, key, fmt in HTTP_COLUMNS]
+        for target, rows in report["results"].items()
+        for row in rows
+    ]
+
+
+def http_table(report: dict[str, Any]) -> Table:
+    table = Table(title=f"{report['url']} variant {report['variant']} ({report['bundle']['tag']})")
+    for header, _, _ in HTTP_COLUMNS:
+        table.add_column(header, justify="left" if header == "target" else "right")
+    for row in _http_rows(report):
+        table.add_row(*row)
+    return table
+
+
+def _comparison_lines(report: dict[str, Any]) -> list[str]:
+    comparisons = report["comparisons"]
+    lines = [
+        f"- Adaptive batching vs unbatched, req/s ratio at concurrency {level}: {ratio:.2f}x"
+        for level, ratio in comparisons["batching_gain"].items()
+    ]
+    for target, levels in comparisons["share_of_reference"].items():
+        lines += [
+            f"- {target} req/s as a share of the bare reference at concurrency {level}: {share:.0%}"
+            for level, share in levels.items()
+        ]
+    for target, added in comparisons["added_p50_ms_at_concurrency_1"].items():
+        lines.append(
+            f"- {target} p50 at concurrency 1 minus in-process batch-1 p50: "
+            f"{added['vs_model_only']:+.2f} ms (model only), "
+            f"{added['vs_decode_preprocess_model']:+.2f} ms (decode + preprocess + model)"
+        )
+    return lines
+
+
+def http_markdown(report: dict[str, Any]) -> str:
+    machine, settings, service = report["machine"], report["settings"], report["service"]
+    lines = [
+        f"# HTTP benchmark: {report['url']}, variant {report['variant']} ({report['bundle']['tag']})",
+        "",
+        f"- Machine: {machine['cpu_model']}, {machine['physical_cores']} physical cores; GPUs: "
+        f"{', '.join(machine['gpus']) or 'no GPU present'}",
+        f"- Versions: {', '.join(f'{k} {v}' for k, v in machine['versions'].items())}",
+        f"- Service: {service['workers']} worker(s) x {service['threads_per_worker']} thread(s), provider "
+        f"{service['provider']}, adaptive batching {service['adaptive_batching']}",
+        f"- Load: {settings['load_generator']}",
+        f"- Bounds per target and concurrency: {settings['duration_s']:g} s or {settings['requests']} requests; "
+        f"{settings['images']} image files",
+        f"- Throughput: {settings['requests_per_s']}",
+        f"- Created: {report['created_at']}",
+    ]
+    if report["reference"]:
+        ref = report["reference"]
+        lines.append(
+            f"- Reference: bare Starlette + uvicorn (uvloop, httptools), {ref['workers']} worker(s) x "
+            f"{ref['threads']} ONNX Runtime thread(s), same decode/preprocess (service.preprocess), batch 1"
+        )
+    local = report["in_process"]
+    if local:
+        lines.append(
+            f"- In-process batch 1 ({local['threads']} thread(s)): model only p50 "
+            f"{local['model_only']['p50_ms']:.3f} ms; decode + preprocess + model p50 "
+            f"{local['decode_preprocess_model']['p50_ms']:.3f} ms"
+        )
+    lines += [
+        "",
+        _markdown_table([h for h, _, _ in HTTP_COLUMNS], _http_rows(report)),
+        "",
+        "## Comparisons",
+        "",
+    ]
+    lines += _comparison_lines(report) or ["- none (a target is missing)"]
+    lines += ["", *[f"![{Path(plot).stem}]({Path(plot).name})" for plot in report.get("plots", [])]]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,383 @@
+"""`slimserve bench http`: locust against the running service, beside a bare reference endpoint.
+
+Each target (the service's adaptive-batching route, its unbatched route, and the bare
+Starlette+uvicorn reference this benchmark starts itself) is driven at each concurrency
+by a headless locust process, bounded by ``--duration`` and ``--requests``. The
+in-process batch-1 figure of the same variant (same threads as one service worker) is
+measured in this process. Only loopback targets are accepted: this is a load generator.
+"""
+
+import contextlib
+import ipaddress
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from benchmarks.machine import machine_info
+from benchmarks.stats import percentiles
+from slimserve.errors import SlimserveError
+
+LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
+READY_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True)
+class HttpBenchSettings:
+    concurrency: tuple[int, ...] = (1, 8, 32, 64)
+    duration_s: float = 20.0  # per target and concurrency
+    requests: int = 3000  # per target and concurrency, whichever bound comes first
+    images_dir: Path | None = None
+    image_count: int = 64
+    variant: str | None = None  # default: the service's default variant
+    adaptive_path: str = "/predict"
+    unbatched_path: str = "/predict/unbatched"
+    reference: bool = True
+    bundle_dir: Path | None = None  # default: the variant's folder in the BentoML model store
+    in_process_repeats: int = 300
+
+
+def check_loopback(url: str) -> str:
+    """Normalised base URL; anything but a loopback http(s) address is refused."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme not in ("http", "https") or not host:
+        raise SlimserveError(f"{url!r} is not an http(s) URL like http://127.0.0.1:3000")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise SlimserveError(
+            f"refusing to load-test {host}: only loopback targets (127.0.0.1, ::1, localhost)"
+        )
+    return url.rstrip("/")
+
+
+def get_json(url: str, timeout: float = 10.0) -> Any:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return json.load(response)
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise SlimserveError(f"cannot reach {url}: {reason}; is the service running?") from None
+
+
+def wait_ready(url: str, process: subprocess.Popen, timeout: float = READY_TIMEOUT_S) -> float:
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout:
+        if process.poll() is not None:
+            raise SlimserveError(
+                f"the reference server exited with code {process.returncode} before it was ready"
+            )
+        with (
+            contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError),
+            urllib.request.urlopen(f"{url}/readyz", timeout=1) as response,
+        ):
+            if response.status == 200:
+                return time.perf_counter() - start
+        time.sleep(0.1)
+    raise SlimserveError(f"the reference server was not ready after {timeout:.0f} s")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def collect_images(images_dir: Path, count: int) -> list[Path]:
+    if not images_dir.is_dir():
+        raise SlimserveError(f"--images {images_dir} is not a folder")
+    paths = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not paths:
+        raise SlimserveError(f"--images {images_dir} has no {', '.join(IMAGE_SUFFIXES)} files")
+    return paths[:count]
+
+
+def write_test_images(manifest: dict[str, Any], folder: Path, count: int) -> list[Path]:
+    """Real test images of the bundle's dataset, as the PNG files a client would send."""
+    from training.datasets import limit_dataset, load_data
+
+    spec = manifest["preprocess"]
+    data = load_data(manifest["dataset"], image_size=spec["height"], channels=spec["channels"])
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, (image, _) in enumerate(limit_dataset(data.test, count, 0)):  # type: ignore[arg-type]
+        path = folder / f"test-{index:04d}.png"
+        image.save(path)
+        paths.append(path)
+    return paths
+
+
+def run_locust(
+    url: str, path: str, images_file: Path, users: int, settings: HttpBenchSettings, tmp: Path
+) -> dict:
+    """One headless locust run; returns its summary (bounded by duration and request count)."""
+    out = tmp / f"locust-{users}-{abs(hash((url, path)))}.json"
+    command = [
+        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", url,
+        "-u", str(users), "-r", str(users), "-t", f"{settings.duration_s:g}s", "--stop-timeout", "5",
+        "--only-summary", "--loglevel", "ERROR", "--exit-code-on-error", "0",
+        "--slim-path", path, "--slim-images", str(images_file),
+        "--slim-max-requests", str(settings.requests), "--slim-out", str(out),
+    ]  # fmt: skip
+    try:
+        finished = subprocess.run(
+            command, capture_output=True, text=True, timeout=settings.duration_s + 90, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise SlimserveError(f"locust did not finish within {settings.duration_s + 90:.0f} s") from None
+    if finished.returncode != 0 or not out.is_file():
+        lines = [line for line in finished.stderr.splitlines() if line.strip()]
+        raise SlimserveError(f"locust failed ({finished.returncode}): {lines[-1] if lines else 'no output'}")
+    return summarize_run(json.loads(out.read_text()), users)
+
+
+def summarize_run(state: dict[str, Any], users: int) -> dict[str, Any]:
+    ok = state["latencies_ms"]
+    errors = sum(state["errors"].values())
+    total = len(ok) + errors
+    elapsed = (max(state["ends"]) - min(state["starts"])) if total else 0.0
+    summary: dict[str, Any] = {
+        "concurrency": users,
+        "requests": total,
+        "ok": len(ok),
+        "errors": errors,
+        "errors_by_status": state["errors"],
+        "error_rate": errors / total if total else None,
+        "elapsed_s": elapsed,
+        "requests_per_s": total / elapsed if elapsed else None,
+        "ok_per_s": len(ok) / elapsed if elapsed else None,
+    }
+    if len(ok) >= 2:
+        summary.update({f"{k}_ms": v for k, v in percentiles(ok).items()})
+        summary["mean_ms"] = sum(ok) / len(ok)
+    return summary
+
+
+@contextlib.contextmanager
+def reference_server(
+    bundle_dir: Path, variant: str, workers: int, threads: int
+) -> Iterator[tuple[str, float]]:
+    """Start the bare reference on a free loopback port; always stopped on exit (by its pid)."""
+    port = free_port()
+    command = [
+        sys.executable, "-m", "benchmarks.reference_server", "--bundle-dir", str(bundle_dir),
+        "--variant", variant, "--port", str(port), "--workers", str(workers), "--threads", str(threads),
+    ]  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    # The log goes to a file (a pipe nobody reads could fill up and stall the server).
+    with tempfile.TemporaryFile("w+") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True)
+        try:
+            try:
+                ready_s = wait_ready(url, process)
+            except SlimserveError as exc:
+                log.seek(0)
+                lines = [line for line in log.read().splitlines() if line.strip()]
+                raise SlimserveError(f"{exc}: {lines[-1] if lines else 'no output'}") from None
+            yield url, ready_s
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def resolve_bundle(settings: HttpBenchSettings, described: dict[str, Any]) -> Path:
+    """The folder holding the served variant's files: --bundle, else the BentoML store entry it came from."""
+    if settings.bundle_dir is not None:
+        return settings.bundle_dir
+    import bentoml
+
+    try:
+        return Path(bentoml.models.get(described["tag"]).path)
+    except bentoml.exceptions.NotFound:
+        raise SlimserveError(
+            f"{described['tag']} is not in this BentoML store; pass --bundle bundles/NAME/VERSION"
+        ) from None
+
+
+def in_process(
+    bundle_dir: Path, variant: str, threads: int, images: list[Path], repeats: int
+) -> dict[str, Any]:
+    """Batch-1 latency of the same variant in this process: model only, and decode+preprocess+model."""
+    import onnxruntime as ort
+
+    from benchmarks.stats import latency_summary
+    from benchmarks.timing import time_calls
+    from service.preprocess import Preprocessor, decode_image
+    from slimserve.manifest import read_manifest
+
+    manifest = read_manifest(bundle_dir)
+    path = manifest.variant(variant).files["onnx"].verified_path(manifest.bundle_dir)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    preprocess = Preprocessor(manifest.spec)
+    payloads = [p.read_bytes() for p in images]
+    batches = [preprocess(decode_image(data, 4096 * 4096)) for data in payloads]
+    index = {"i": 0}
+
+    def model_only() -> None:
+        index["i"] += 1
+        session.run(None, {name: batches[index["i"] % len(batches)]})
+
+    def end_to_end() -> None:
+        index["i"] += 1
+        batch = preprocess(decode_image(payloads[index["i"] % len(payloads)], 4096 * 4096))
+        session.run(None, {name: batch})
+
+    bounds = {"warmup": 20, "repeats": repeats, "max_seconds": 20.0}
+    return {
+        "threads": threads,
+        "model_only": latency_summary(time_calls(model_only, **bounds), 1),
+        "decode_preprocess_model": latency_summary(time_calls(end_to_end, **bounds), 1),
+    }
+
+
+def comparisons(results: dict[str, list[dict[str, Any]]], local: dict[str, Any] | None) -> dict[str, Any]:
+    """The ratios the targets are stated in, per concurrency."""
+    by = {target: {row["concurrency"]: row for row in rows} for target, rows in results.items()}
+    out: dict[str, Any] = {"batching_gain": {}, "share_of_reference": {}, "added_p50_ms_at_concurrency_1": {}}
+    for level, row in by.get("adaptive", {}).items():
+        unbatched = by.get("unbatched", {}).get(level)
+        if unbatched and unbatched.get("ok_per_s") and row.get("ok_per_s"):
+            out["batching_gain"][level] = row["ok_per_s"] / unbatched["ok_per_s"]
+    for target in ("adaptive", "unbatched"):
+        for level, row in by.get(target, {}).items():
+            reference = by.get("reference", {}).get(level)
+            if reference and reference.get("ok_per_s") and row.get("ok_per_s"):
+                out["share_of_reference"].setdefault(target, {})[level] = (
+                    row["ok_per_s"] / reference["ok_per_s"]
+                )
+    if local is not None:
+        for target in ("adaptive", "unbatched", "reference"):
+            row = by.get(target, {}).get(1)
+            if row and "p50_ms" in row:
+                out["added_p50_ms_at_concurrency_1"][target] = {
+                    "vs_model_only": row["p50_ms"] - local["model_only"]["p50_ms"],
+                    "vs_decode_preprocess_model": row["p50_ms"] - local["decode_preprocess_model"]["p50_ms"],
+                }
+    return out
+
+
+def bench_http(
+    url: str, out: Path, settings: HttpBenchSettings, console: Console | None = None
+) -> dict[str, Any]:
+    """Run every target x concurrency; write bench-http.json/.md and a plot into ``out``."""
+    from benchmarks.plots import plot_http
+    from benchmarks.report import http_markdown, http_table, write_json
+
+    console = console or Console()
+    url = check_loopback(url)
+    models = get_json(f"{url}/models")
+    variant = settings.variant or models["default_variant"]
+    described = next((v for v in models["variants"] if v["variant"] == variant), None)
+    if described is None:
+        known = ", ".join(v["variant"] for v in models["variants"])
+        raise SlimserveError(f"the service does not serve variant {variant!r}; it serves {known}")
+    query = f"?variant={variant}"
+    out.mkdir(parents=True, exist_ok=True)
+    if settings.images_dir is not None:
+        images = collect_images(settings.images_dir, settings.image_count)
+    else:
+        images = write_test_images(described["manifest"], out / "images", settings.image_count)
+    threads = int(models["threads_per_worker"])
+    workers = int(models["workers"])
+    need_bundle = settings.reference or settings.in_process_repeats > 0
+    bundle_dir = resolve_bundle(settings, described) if need_bundle else None
+    local = None
+    if bundle_dir is not None and settings.in_process_repeats > 0:
+        with console.status("in-process batch-1 latency"):
+            local = in_process(bundle_dir, variant, threads, images, settings.in_process_repeats)
+    targets = [
+        ("adaptive", url, settings.adaptive_path + query),
+        ("unbatched", url, settings.unbatched_path + query),
+    ]
+    results: dict[str, list[dict[str, Any]]] = {}
+    reference_info: dict[str, Any] | None = None
+    with tempfile.TemporaryDirectory(prefix="slimserve-http-") as tmp_name:
+        tmp = Path(tmp_name)
+        images_file = tmp / "images.txt"
+        images_file.write_text("\n".join(str(p.resolve()) for p in images))
+        total = (len(targets) + int(settings.reference)) * len(settings.concurrency)
+        progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=console, transient=True,
+        )  # fmt: skip
+        with progress:
+            task = progress.add_task("load", total=total)
+
+            def drive(target: str, base: str, path: str) -> None:
+                for users in settings.concurrency:
+                    progress.update(task, description=f"{target} x{users}")
+                    row = run_locust(base, path, images_file, users, settings, tmp)
+                    results.setdefault(target, []).append(row)
+                    progress.advance(task)
+                    progress.console.print(
+                        f"  {target:<10} concurrency {users:>3}: {row['ok_per_s'] or 0:8.1f} req/s, "
+                        f"p50 {row.get('p50_ms', float('nan')):7.2f} ms, errors {row['errors']}"
+                    )
+
+            for target, base, path in targets:
+                drive(target, base, path)
+            if settings.reference and bundle_dir is not None:
+                with reference_server(bundle_dir, variant, workers, threads) as (ref_url, ready_s):
+                    reference_info = {"workers": workers, "threads": threads, "ready_s": ready_s}
+                    drive("reference", ref_url, "/predict")
+    report = {
+        "kind": "slimserve.bench-http",
+        "schema_version": 1,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "url": url,
+        "variant": variant,
+        "bundle": {"name": described["bundle"], "version": described["version"], "tag": described["tag"]},
+        "service": {
+            "workers": workers,
+            "threads_per_worker": threads,
+            "provider": described.get("provider"),
+            "adaptive_batching": models.get("adaptive_batching"),
+        },
+        "machine": machine_info(),
+        "settings": {
+            **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()},
+            "concurrency": list(settings.concurrency),
+            "images": len(images),
+            "load_generator": "locust (FastHttpUser, headless, one process on this machine: it shares the "
+            "CPU with the server), closed loop without think time; raw image bodies with their content type; "
+            "each user's first (connection-opening) request is not counted",
+            "requests_per_s": "ok_per_s = successful responses / (last response - first request start)",
+        },
+        "reference": reference_info,
+        "in_process": local,
+        "results": results,
+        "comparisons": comparisons(results, local),
+    }
+    json_path = out / "bench-http.json"
+    write_json(json_path, report)
+    report["plots"] = [str(plot_http(report, out / "http-load.png"))]
+    write_json(json_path, report)
+    (out / "bench-http.md").write_text(http_markdown(report))
+    console.print(http_table(report))
+    console.print(f"Report: {json_path}, {out / 'bench-http.md'}, plot: {report['plots'][0]}")
+    return report

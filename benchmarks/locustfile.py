@@ -1,0 +1,88 @@
+"""The locust user the HTTP benchmark runs (``locust -f`` loads this file in its own process).
+
+Every user POSTs real image files as raw bodies, back to back (closed loop, no think
+time), so concurrency equals the number of users. Latencies are taken from locust's
+``request`` event, which carries the unrounded time (its own statistics round to whole
+milliseconds below 100 ms, too coarse for a 1.5 ms budget), and written as JSON when the
+run ends. Each user's first request opens its connection and is not counted.
+"""
+
+import itertools
+import json
+import mimetypes
+import time
+from pathlib import Path
+from typing import Any
+
+import gevent
+from locust import constant, events, task
+from locust.contrib.fasthttp import FastHttpUser
+
+STATE: dict[str, Any] = {"latencies_ms": [], "errors": {}, "starts": [], "ends": [], "sent": 0}
+
+
+@events.init_command_line_parser.add_listener
+def _options(parser) -> None:
+    parser.add_argument("--slim-path", default="/predict", help="endpoint path and query")
+    parser.add_argument("--slim-images", help="file listing one image path per line")
+    parser.add_argument("--slim-max-requests", type=int, default=0, help="stop after this many requests")
+    parser.add_argument("--slim-out", help="where to write the JSON results")
+
+
+def _payloads(list_file: str) -> list[tuple[bytes, str]]:
+    paths = [Path(line) for line in Path(list_file).read_text().splitlines() if line.strip()]
+    return [
+        (path.read_bytes(), mimetypes.guess_type(path.name)[0] or "application/octet-stream")
+        for path in paths
+    ]
+
+
+@events.request.add_listener
+def _record(
+    response_time: float, exception: Exception | None, context: dict, response=None, **_: Any
+) -> None:
+    if context.get("warmup"):
+        return
+    now = time.perf_counter()
+    STATE["starts"].append(now - response_time / 1000.0)
+    STATE["ends"].append(now)
+    if exception is None:
+        STATE["latencies_ms"].append(response_time)
+    else:
+        status = getattr(response, "status_code", 0) or 0
+        key = str(status) if status else type(exception).__name__
+        STATE["errors"][key] = STATE["errors"].get(key, 0) + 1
+
+
+@events.quitting.add_listener
+def _write(environment, **_: Any) -> None:
+    out = environment.parsed_options.slim_out
+    if out:
+        Path(out).write_text(json.dumps(STATE))
+
+
+class ImagePoster(FastHttpUser):
+    wait_time = constant(0)
+
+    def on_start(self) -> None:
+        options = self.environment.parsed_options
+        self.path = options.slim_path
+        self.limit = options.slim_max_requests
+        self.images = itertools.cycle(_payloads(options.slim_images))
+        self._post(warmup=True)
+
+    def _post(self, warmup: bool = False) -> None:
+        body, content_type = next(self.images)
+        self.client.post(
+            self.path, data=body, headers={"Content-Type": content_type}, name=self.path,
+            context={"warmup": warmup},
+        )  # fmt: skip
+
+    @task
+    def predict(self) -> None:
+        if self.limit and STATE["sent"] >= self.limit:
+            gevent.spawn(self.environment.runner.quit)  # not from this greenlet: quit kills the users
+            gevent.sleep(1)
+            return
+        STATE["sent"] += 1
+        self._post()

@@ -1,0 +1,85 @@
+"""The bare reference: Starlette + uvicorn doing the service's inference and nothing else.
+
+No batching, metrics, validation layers or framework: raw image body in, the service's
+own decode and preprocessing (``service.preprocess``), one ONNX Runtime call, top-k JSON
+out. Its requests/s is the best a plain Python HTTP stack does with this model on this
+machine, so the service's figure can be read as a share of it. Started by the HTTP
+benchmark on a free loopback port: ``python -m benchmarks.reference_server ...``.
+"""
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route
+
+from service.errors import RequestError
+from service.preprocess import Preprocessor, decode_image
+from slimserve.manifest import read_manifest
+
+ENV = "SLIMSERVE_REFERENCE"  # bundle dir, variant and threads reach uvicorn's workers through the environment
+MAX_PIXELS = 4096 * 4096  # the service's default bound
+TOP_K = 5  # the service's default
+
+
+def top_k(logits: np.ndarray, classes: list[str]) -> list[dict[str, object]]:
+    """The same softmax + top-k answer as ``service.http.top_k``, restated because importing
+    service.http would load BentoML into the bare reference."""
+    probabilities = np.exp(logits.astype(np.float64) - logits.max())
+    probabilities /= probabilities.sum()
+    order = np.argsort(-probabilities, kind="stable")[:TOP_K]
+    return [{"index": int(i), "label": classes[i], "probability": float(probabilities[i])} for i in order]
+
+
+def create_app() -> Starlette:
+    import onnxruntime as ort
+
+    bundle_dir, variant, threads = os.environ[ENV].split(os.pathsep)
+    manifest = read_manifest(bundle_dir)
+    path = manifest.variant(variant).files["onnx"].verified_path(manifest.bundle_dir)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(threads)  # the service's threads per worker
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    preprocess = Preprocessor(manifest.spec)
+    classes = manifest.classes
+    session.run(None, {input_name: np.zeros((1, *manifest.spec.input_shape), np.float32)})  # warm-up
+
+    async def predict(request: Request) -> JSONResponse:
+        try:
+            batch = preprocess(decode_image(await request.body(), MAX_PIXELS))
+        except RequestError as exc:
+            return JSONResponse({"error": exc.message}, status_code=exc.status)
+        logits = session.run(None, {input_name: batch})[0]
+        return JSONResponse({"variant": variant, "predictions": top_k(logits[0], classes)})
+
+    async def ready(_: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    return Starlette(routes=[Route("/predict", predict, methods=["POST"]), Route("/readyz", ready)])
+
+
+def main() -> None:
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--bundle-dir", type=Path, required=True)
+    parser.add_argument("--variant", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    os.environ[ENV] = os.pathsep.join([str(args.bundle_dir.resolve()), args.variant, str(args.threads)])
+    uvicorn.run(
+        "benchmarks.reference_server:create_app", factory=True, host="127.0.0.1", port=args.port,
+        workers=args.workers, loop="uvloop", http="httptools", access_log=False, log_level="warning",
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""`slimserve bench http` against a real `slimserve serve` on loopback, with a small bounded load."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from rich.console import Console
+
+from benchmarks.http_bench import HttpBenchSettings, bench_http, check_loopback, summarize_run
+from slimserve.cli import main
+from slimserve.errors import SlimserveError
+
+BUNDLE = "benchcnn"
+REQUESTS = 40
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tiny_cnn_run: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The tiny CNN exported, registered and served by `slimserve serve` (one worker)."""
+    from export.pipeline import export_bundle
+
+    export_bundle(
+        tiny_cnn_run, out=tmp_path_factory.mktemp("bundles"), name=BUNDLE, version="v1", variants=["fp32"],
+        limit=200, register=True, console=Console(quiet=True),
+    )  # fmt: skip
+    port = _free_port()
+    log = tmp_path_factory.mktemp("server") / "serve.log"
+    env = {**os.environ, "SLIMSERVE_BUNDLE": BUNDLE, "COLUMNS": "200"}
+    command = ["slimserve", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while "Try:" not in log.read_text():
+            assert process.poll() is None, f"slimserve serve exited:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"not ready in 120 s:\n{log.read_text()}"
+            time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.mark.http
+@pytest.mark.slow
+def test_bench_http_against_the_service_and_the_reference_reports_zero_errors(served: str, tmp_path: Path):
+    settings = HttpBenchSettings(
+        concurrency=(1, 4), duration_s=15.0, requests=REQUESTS, image_count=8, in_process_repeats=20
+    )
+    bench_http(served, tmp_path, settings, console=Console(quiet=True))
+    report = json.loads((tmp_path / "bench-http.json").read_text())
+    assert set(report["results"]) == {"adaptive", "unbatched", "reference"}
+    for target, rows in report["results"].items():
+        assert [row["concurrency"] for row in rows] == [1, 4], target
+        for row in rows:
+            assert row["errors"] == 0 and row["error_rate"] == 0.0, (target, row["errors_by_status"])
+            assert 0 < row["ok"] == row["requests"] <= REQUESTS
+            assert row["ok_per_s"] > 0
+            assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
+    assert report["service"]["workers"] == 1 and report["reference"]["workers"] == 1
+    assert report["in_process"]["model_only"]["p50_ms"] > 0
+    comparisons = report["comparisons"]
+    assert set(comparisons["batching_gain"]) == {"1", "4"}  # JSON object keys
+    assert set(comparisons["share_of_reference"]) == {"adaptive", "unbatched"}
+    assert set(comparisons["added_p50_ms_at_concurrency_1"]) == {"adaptive", "unbatched", "reference"}
+    sent = sorted((tmp_path / "images").glob("*.png"))
+    assert len(sent) == 8 and Image.open(sent[0]).size == (28, 28)  # real Fashion-MNIST test images
+    assert "bare reference" in (tmp_path / "bench-http.md").read_text()
+    assert Path(report["plots"][0]).read_bytes().startswith(b"\x89PNG")
+
+
+def test_only_loopback_targets_are_accepted():
+    assert check_loopback("http://127.0.0.1:3000/") == "http://127.0.0.1:3000"
+    assert check_loopback("http://localhost:3000") == "http://localhost:3000"
+    assert check_loopback("http://[::1]:3000") == "http://[::1]:3000"
+    for url in ("http://10.0.0.1:3000", "http://example.com", "ftp://127.0.0.1", "127.0.0.1:3000"):
+        with pytest.raises(SlimserveError):
+            check_loopback(url)
+
+
+def test_bench_http_cli_errors_are_one_line(capsys: pytest.CaptureFixture, tmp_path: Path):
+    assert main(["bench", "http", "http://192.0.2.1:3000", "--out", str(tmp_path)]) == 1
+    assert "only loopback targets" in capsys.readouterr().err
+    assert main(["bench", "http", f"http://127.0.0.1:{_free_port()}", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "is the service running?" in err and "Traceback" not in err
+
+
+def test_summarize_run_counts_errors_and_rates():
+    state = {
+        "latencies_ms": [1.0, 2.0, 3.0],
+        "errors": {"503": 1},
+        "starts": [10.0, 10.5],
+        "ends": [11.0, 12.0],
+    }
+    summary = summarize_run(state, users=2)
+    assert summary["requests"] == 4 and summary["ok"] == 3 and summary["error_rate"] == 0.25
+    assert summary["elapsed_s"] == 2.0 and summary["ok_per_s"] == 1.5
+    assert summary["p50_ms"] == 2.0
