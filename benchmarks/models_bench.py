@@ -62,7 +62,12 @@ def plan(manifest: Manifest, gpu: bool, ort_providers: list[str]) -> tuple[list[
         )
     for name, variant in manifest.variants.items():
         if "torchscript" in variant.files:
-            blocks += [Block(name, TORCHSCRIPT, device) for device in devices]
+            quantized = variant.precision.startswith("int8")
+            blocks += [Block(name, TORCHSCRIPT, d) for d in devices if not (quantized and d == "cuda")]
+            if quantized and gpu:
+                notes.append(
+                    f"{name}: quantized TorchScript has CPU kernels only, so it has no torch CUDA rows"
+                )
         if "onnx" in variant.files:
             blocks += [Block(name, ONNXRUNTIME, provider) for provider in providers]
     return blocks, notes
@@ -203,6 +208,76 @@ def _torch_gpu() -> bool:
     return torch.cuda.is_available()
 
 
+def _settings_doc(settings: ModelBenchSettings) -> dict[str, Any]:
+    """The settings plus, in words, how each figure was measured."""
+    return {
+        **asdict(settings),
+        "batch_sizes": list(settings.batch_sizes),
+        "timing": "one worker process per variant x runtime; per batch size: warm-up calls, then "
+        "back-to-back timed calls (perf_counter) until --repeats or --max-seconds",
+        "throughput": "images/s = batch size / p50 latency",
+        "gops": "2 x MACs per image x images/s (1 MAC = 2 ops); MACs from the manifest",
+        "peak_rss": "VmHWM (peak resident set) of the worker process after timing, runtime library "
+        "included; baseline_rss_mb is the same process after importing the runtime, before the model",
+        "thread_policy": f"{settings.threads} intra-op threads for every runtime (torch.set_num_threads, "
+        "ORT intra_op_num_threads), 1 inter-op thread, OMP/MKL_NUM_THREADS set alike",
+    }
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+def _run_matrix(
+    manifest: Manifest,
+    blocks: list[Block],
+    settings: ModelBenchSettings,
+    data: BenchData,
+    eval_data: BenchData | None,
+    peak: dict[str, Any],
+    console: Console,
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """Run every block in its own worker, printing each cell as it lands; a failed block is
+    recorded with its error and the others still run."""
+    rows: list[dict[str, Any]] = []
+    failures: list[dict[str, str]] = []
+    reference: np.ndarray | None = None
+    with tempfile.TemporaryDirectory(prefix="slimserve-bench-") as tmp, _progress(console) as progress:
+        inputs = save_array(data.images[: max(settings.batch_sizes)], Path(tmp) / "inputs.npy")
+        eval_inputs = None if eval_data is None else save_array(eval_data.images, Path(tmp) / "eval.npy")
+        task = progress.add_task("benchmarking", total=len(blocks) * len(settings.batch_sizes))
+        for block in blocks:
+            label = f"{block.variant} / {block.runtime} / {block.device}"
+            progress.update(task, description=label)
+
+            def on_batch(batch: dict[str, Any], label: str = label) -> None:
+                progress.advance(task)
+                progress.console.print(
+                    f"  {label:<48} batch {batch['batch_size']:>4}: p50 {batch['p50_ms']:8.3f} ms, "
+                    f"{batch['images_per_s']:10.0f} img/s"
+                )
+
+            result = run_block(_job(manifest, block, settings, inputs, eval_inputs), on_batch)
+            if result.error:
+                failures.append({**asdict(block), "error": result.error})
+                progress.console.print(f"  [red]{label}: {result.error}[/red]")
+                continue
+            predictions = result.info.get("predictions")
+            if predictions is not None and reference is None and block.variant == REFERENCE_VARIANT:
+                # Blocks run eager first, so this is eager fp32, or fp32 TorchScript when eager is gone.
+                reference = np.asarray(predictions)
+            accuracy = _accuracy(manifest, block, predictions, eval_data, reference)
+            rows += _rows(manifest, block, result, peak, accuracy)
+    return rows, failures
+
+
 def bench_models(
     bundle_dir: Path, out: Path, settings: ModelBenchSettings, console: Console | None = None
 ) -> dict[str, Any]:
@@ -230,46 +305,7 @@ def bench_models(
         if settings.limit is None
         else BenchData(data.images[: settings.limit], data.labels[: settings.limit])
     )
-    rows: list[dict[str, Any]] = []
-    failures: list[dict[str, str]] = []
-    reference_predictions = None
-    with tempfile.TemporaryDirectory(prefix="slimserve-bench-") as tmp:
-        inputs = save_array(data.images[:max_batch], Path(tmp) / "inputs.npy")
-        eval_inputs = None if eval_data is None else save_array(eval_data.images, Path(tmp) / "eval.npy")
-        progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-        )
-        with progress:
-            task = progress.add_task("benchmarking", total=len(blocks) * len(settings.batch_sizes))
-            for block in blocks:
-                label = f"{block.variant} / {block.runtime} / {block.device}"
-                progress.update(task, description=label)
-
-                def on_batch(batch: dict[str, Any], label: str = label) -> None:
-                    progress.advance(task)
-                    progress.console.print(
-                        f"  {label:<48} batch {batch['batch_size']:>4}: p50 {batch['p50_ms']:8.3f} ms, "
-                        f"{batch['images_per_s']:10.0f} img/s"
-                    )
-
-                result = run_block(_job(manifest, block, settings, inputs, eval_inputs), on_batch)
-                if result.error:
-                    failures.append({**asdict(block), "error": result.error})
-                    progress.console.print(f"  [red]{label}: {result.error}[/red]")
-                    continue
-                predictions = result.info.get("predictions")
-                if block.runtime == EAGER and block.device == "cpu":
-                    reference_predictions = predictions
-                if reference_predictions is None and block.variant == REFERENCE_VARIANT and predictions:
-                    reference_predictions = predictions  # eager is gone: fp32 TorchScript is the reference
-                reference = None if reference_predictions is None else np.asarray(reference_predictions)
-                accuracy = _accuracy(manifest, block, predictions, eval_data, reference)
-                rows += _rows(manifest, block, result, machine["peak"], accuracy)
+    rows, failures = _run_matrix(manifest, blocks, settings, data, eval_data, machine["peak"], console)
     if not rows:
         raise SlimserveError(f"every benchmark block failed; first error: {failures[0]['error']}")
     reference_name = _add_ratios(rows)
@@ -279,18 +315,7 @@ def bench_models(
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "bundle": {"dir": str(manifest.bundle_dir), "name": manifest.name, "version": manifest.version},
         "machine": machine,
-        "settings": {
-            **asdict(settings),
-            "batch_sizes": list(settings.batch_sizes),
-            "timing": "one worker process per variant x runtime; per batch size: warm-up calls, then "
-            "back-to-back timed calls (perf_counter) until --repeats or --max-seconds",
-            "throughput": "images/s = batch size / p50 latency",
-            "gops": "2 x MACs per image x images/s (1 MAC = 2 ops); MACs from the manifest",
-            "peak_rss": "VmHWM (peak resident set) of the worker process after timing (includes the runtime library; "
-            "baseline_rss_mb is the same process after importing the runtime, before loading the model)",
-            "thread_policy": f"{settings.threads} intra-op threads for every runtime (torch.set_num_threads, "
-            "ORT intra_op_num_threads), 1 inter-op thread, OMP/MKL_NUM_THREADS set alike",
-        },
+        "settings": _settings_doc(settings),
         "notes": notes,
         "failures": failures,
         "rows": rows,
