@@ -5,7 +5,7 @@ from pathlib import Path
 
 from slimserve.cli_types import positive_float, positive_int
 
-VARIANT_NAMES = ("fp32",)
+VARIANT_NAMES = ("fp32", "int8")
 
 
 def _variant_list(text: str) -> list[str]:
@@ -19,12 +19,13 @@ def _variant_list(text: str) -> list[str]:
 
 
 def _export(args: argparse.Namespace) -> None:
+    from export.building import ExportSettings
     from export.pipeline import export_bundle
-    from export.variants import ExportSettings
 
     settings = ExportSettings(
         calibration_images=args.calibration_images,
         calibration_method=args.calibration_method,
+        int8_target=args.int8_target,
         max_accuracy_drop=args.max_accuracy_drop,
         seed=args.seed,
     )
@@ -66,6 +67,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         choices=["minmax", "entropy", "percentile"],
         default="minmax",
         help="INT8 calibration method tried first (default: minmax)",
+    )
+    export.add_argument(
+        "--int8-target",
+        choices=["cpu", "tensorrt"],
+        default="cpu",
+        help="ONNX INT8 signedness: cpu = uint8 activations (fastest with VNNI), "
+        "tensorrt = symmetric int8 (default: cpu)",
     )
     export.add_argument(
         "--max-accuracy-drop",

@@ -65,7 +65,18 @@ def write_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
             external_data=False,
             verbose=False,
         )
+    strip_debug_metadata(path)
     check_onnx(path)
+
+
+def strip_debug_metadata(path: Path) -> None:
+    """The dynamo exporter annotates every node with its FX node, Python class hierarchy and
+    rewrite rules (65 KB of a 1.1 MB ResNet-20 file). Deployable files need none of it, and
+    it would leak source paths into bundles."""
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        del node.metadata_props[:]
+    onnx.save(model, str(path))
 
 
 def check_onnx(path: Path) -> None:

@@ -17,11 +17,12 @@ import numpy as np
 import torch
 from rich.console import Console
 
+from export.building import ExportContext, ExportSettings
 from export.checks import accuracy, predict
 from export.data import checkpoint_data, image_set
 from export.formats import eager_runner, quiet_torch_deprecations
 from export.report import print_report
-from export.variants import BUILDERS, ExportContext, ExportSettings
+from export.variants import BUILDERS
 from slimserve.errors import SlimserveError
 from slimserve.manifest import SCHEMA_VERSION, Manifest, check_name, read_manifest, write_manifest
 from training.checkpoint import library_versions, load_checkpoint

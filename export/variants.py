@@ -1,155 +1,22 @@
-"""How each variant is made, and the checks every variant goes through.
+"""The variants `slimserve export` can build, in build order.
 
-A builder turns the parent checkpoint (or another variant's float model) into artifacts
-in its folder and returns the manifest entry. ``finish_variant`` is the shared tail: it
-checks parity per format, measures accuracy and agreement with fp32 on the evaluation
-set, and hashes the files. Any failure raises, and the pipeline records it for that
-variant only.
+Each builder returns a manifest entry or raises; ``pipeline`` records failures per
+variant. Derived variants (``pruned-int8``) reuse the float model an earlier one left in
+the context.
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-import torch_pruning as tp
-from torch import nn
-
-from export.checks import PARITY_IMAGES, Parity, accuracy, agreement, parity, predict
-from export.data import ImageSet
-from export.formats import (
-    ONNX_OPSET,
-    eager_runner,
-    example_batch,
-    runner_for,
-    write_onnx,
-    write_torchscript,
-)
-from slimserve.errors import SlimserveError
-from slimserve.hashing import sha256_file
-from slimserve.manifest import FILE_NAMES
-from slimserve.spec import PreprocessSpec
-
-
-class VariantFailed(SlimserveError):
-    """This variant cannot be produced; the others still are."""
-
-
-@dataclass(frozen=True)
-class ExportSettings:
-    """Every knob that changes an artifact; recorded in the manifest per variant."""
-
-    calibration_images: int = 512
-    calibration_method: str = "minmax"
-    max_accuracy_drop: float = 0.5
-    seed: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-@dataclass
-class ExportContext:
-    """What every builder needs: the parent, the images, fp32 reference outputs, and the
-    float models earlier variants produced (``pruned-int8`` quantizes ``pruned``'s)."""
-
-    parent: nn.Module
-    spec: PreprocessSpec
-    eval_set: ImageSet
-    calibration: Callable[[], ImageSet]
-    settings: ExportSettings
-    bundle_dir: Path
-    fp32_accuracy: float
-    fp32_predictions: np.ndarray
-    float_models: dict[str, nn.Module] = field(default_factory=dict)
-
-    @property
-    def parity_set(self) -> ImageSet:
-        return self.eval_set.head(PARITY_IMAGES)
-
-    def example(self) -> torch.Tensor:
-        return example_batch(self.spec.input_shape)
-
-
-def macs_and_params(model: nn.Module, spec: PreprocessSpec) -> tuple[int, int]:
-    """Per image, counted by torch-pruning on a float copy of the architecture."""
-    with torch.no_grad():
-        macs, params = tp.utils.count_ops_and_params(model.eval(), example_batch(spec.input_shape, batch=1))
-    return int(macs), int(params)
-
-
-def file_entry(path: Path, bundle_dir: Path) -> dict[str, Any]:
-    return {
-        "path": path.relative_to(bundle_dir).as_posix(),
-        "sha256": sha256_file(path),
-        "bytes": path.stat().st_size,
-    }
-
-
-@dataclass(frozen=True)
-class Artifact:
-    """One written file, the logits it must reproduce on the parity images, and whether the
-    fp32 parity thresholds apply to it."""
-
-    format: str
-    path: Path
-    reference: np.ndarray
-    reference_name: str
-    strict: bool
-
-
-def finish_variant(ctx: ExportContext, name: str, artifacts: list[Artifact], **entry: Any) -> dict[str, Any]:
-    """Parity gate, then accuracy on the evaluation set; returns the manifest entry."""
-    checks: dict[str, Parity] = {}
-    accuracies: dict[str, float] = {}
-    agreements: dict[str, float] = {}
-    for artifact in artifacts:
-        run = runner_for(artifact.format, artifact.path)
-        check = parity(
-            artifact.reference, predict(run, ctx.parity_set.images), artifact.reference_name, artifact.strict
-        )
-        if not check.passed:
-            raise VariantFailed(f"{name} {artifact.format} parity failed: {check.describe()}")
-        checks[artifact.format] = check
-        logits = predict(run, ctx.eval_set.images)
-        accuracies[artifact.format] = accuracy(logits, ctx.eval_set)
-        agreements[artifact.format] = agreement(logits.argmax(1), ctx.fp32_predictions)
-    # The service defaults to ONNX, so its numbers are the variant's headline numbers.
-    primary = "onnx" if "onnx" in accuracies else artifacts[0].format
-    return {
-        **entry,
-        "test_accuracy": accuracies[primary],
-        "test_images": len(ctx.eval_set),
-        "accuracy_drop": round((ctx.fp32_accuracy - accuracies[primary]) * 100, 4),
-        "top1_agreement": agreements[primary],
-        "accuracy_by_format": accuracies,
-        "top1_agreement_by_format": agreements,
-        "parity": {fmt: check.to_dict() for fmt, check in checks.items()},
-        "files": {a.format: file_entry(a.path, ctx.bundle_dir) for a in artifacts},
-    }
-
-
-def export_float(ctx: ExportContext, name: str, model: nn.Module) -> list[Artifact]:
-    """TorchScript and ONNX of a float model, each held to fp32 parity with it."""
-    folder = ctx.bundle_dir / name
-    folder.mkdir(parents=True, exist_ok=True)
-    reference = predict(eager_runner(model), ctx.parity_set.images)
-    ts_path, onnx_path = folder / FILE_NAMES["torchscript"], folder / FILE_NAMES["onnx"]
-    write_torchscript(model, ctx.example(), ts_path)
-    write_onnx(model, ctx.example(), onnx_path)
-    return [
-        Artifact("onnx", onnx_path, reference, f"{name} eager fp32", strict=True),
-        Artifact("torchscript", ts_path, reference, f"{name} eager fp32", strict=True),
-    ]
+from export.building import ExportContext, export_float, finish_variant, macs_and_params
+from export.formats import ONNX_OPSET
+from export.int8 import quantized_variant
 
 
 def build_fp32(ctx: ExportContext) -> dict[str, Any]:
     macs, params = macs_and_params(ctx.parent, ctx.spec)
     artifacts = export_float(ctx, "fp32", ctx.parent)
-    ctx.float_models["fp32"] = ctx.parent
-    return finish_variant(
+    entry = finish_variant(
         ctx,
         "fp32",
         artifacts,
@@ -161,8 +28,15 @@ def build_fp32(ctx: ExportContext) -> dict[str, Any]:
         export_settings={"onnx_opset": ONNX_OPSET, "torchscript": "trace + freeze"},
         notes="reference for every other variant",
     )
+    ctx.float_models["fp32"] = ctx.parent
+    ctx.float_accuracies["fp32"] = entry["test_accuracy"]
+    return entry
+
+
+def build_int8(ctx: ExportContext) -> dict[str, Any]:
+    return quantized_variant(ctx, "int8", "fp32")
 
 
 Builder = Callable[[ExportContext], dict[str, Any]]
 # In build order: later variants may reuse earlier ones' float models.
-BUILDERS: dict[str, Builder] = {"fp32": build_fp32}
+BUILDERS: dict[str, Builder] = {"fp32": build_fp32, "int8": build_int8}

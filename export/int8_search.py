@@ -1,0 +1,74 @@
+"""Accuracy-aware INT8: try calibration methods, then keep the most sensitive layers in fp32.
+
+Shared by the ONNX Runtime and the PyTorch quantizers; each supplies ``build(method,
+fp32_layers)`` (quantize and return a runner for the result) and ``sensitivity(method,
+layer)`` (the error of a model where only ``layer`` is quantized, measured against fp32
+on calibration images, so the ranking never looks at the test labels). The budget is
+checked on the evaluation set, as the issue defines it.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from export.formats import Runner
+
+# Beyond half of the layers in fp32 the variant would no longer be an INT8 model.
+MAX_FP32_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class Attempt:
+    method: str
+    fp32_layers: tuple[str, ...]
+    accuracy: float
+    drop: float  # points vs fp32
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "fp32_layers": list(self.fp32_layers),
+            "accuracy": self.accuracy,
+            "accuracy_drop": round(self.drop, 4),
+        }
+
+
+class BudgetMissed(Exception):
+    def __init__(self, attempts: list[Attempt], budget: float) -> None:
+        best = min(attempts, key=lambda a: a.drop)
+        super().__init__(
+            f"INT8 accuracy drop {best.drop:.2f} points exceeds the {budget:g}-point budget after "
+            f"{len(attempts)} attempts (best: {best.method} calibration with "
+            f"{len(best.fp32_layers)} layers kept in fp32); raise --max-accuracy-drop, add "
+            "--calibration-images, or serve fp32"
+        )
+        self.attempts = attempts
+
+
+def fit_budget(
+    *,
+    build: Callable[[str, tuple[str, ...]], Runner],
+    evaluate: Callable[[Runner], float],
+    sensitivity: Callable[[str, str], float],
+    methods: list[str],
+    layers: list[str],
+    fp32_accuracy: float,
+    budget: float,
+) -> list[Attempt]:
+    """Attempts in order; the last one met the budget and its artifact is the one on disk."""
+    attempts: list[Attempt] = []
+
+    def attempt(method: str, fp32_layers: tuple[str, ...]) -> bool:
+        accuracy = evaluate(build(method, fp32_layers))
+        attempts.append(Attempt(method, fp32_layers, accuracy, (fp32_accuracy - accuracy) * 100))
+        return attempts[-1].drop <= budget
+
+    for method in methods:
+        if attempt(method, ()):
+            return attempts
+    best = max(attempts, key=lambda a: a.accuracy).method
+    ranking = sorted(layers, key=lambda layer: sensitivity(best, layer), reverse=True)
+    for count in range(1, int(len(layers) * MAX_FP32_SHARE) + 1):
+        if attempt(best, tuple(ranking[:count])):
+            return attempts
+    raise BudgetMissed(attempts, budget)

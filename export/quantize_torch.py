@@ -1,0 +1,72 @@
+"""PyTorch INT8 for the TorchScript artifact: x86 static quantization (FX graph mode) for
+convolutional models, dynamic quantization for Linear-only models (the MLP).
+
+torch.ao.quantization is deprecated upstream in favour of torchao's pt2e flow, but pt2e
+produces graphs that do not trace to TorchScript; the issue asks for TorchScript INT8, so
+this uses the API that produces it.
+"""
+
+import copy
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torch import nn
+from torch.ao.quantization import QConfigMapping, default_dynamic_qconfig, get_default_qconfig_mapping
+from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+from export.formats import quiet_torch_deprecations
+
+ENGINE = "x86"
+CALIBRATION_BATCH = 64
+
+
+@contextmanager
+def x86_engine():
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = ENGINE
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = previous
+
+
+def is_linear_only(model: nn.Module) -> bool:
+    return not any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def quantizable_layers(model: nn.Module) -> list[str]:
+    kinds = (nn.Linear,) if is_linear_only(model) else (nn.Conv2d, nn.Linear)
+    return [name for name, module in model.named_modules() if isinstance(module, kinds)]
+
+
+def quantize_model(
+    model: nn.Module,
+    calibration: np.ndarray,
+    *,
+    exclude: tuple[str, ...] = (),
+    only: tuple[str, ...] | None = None,
+) -> nn.Module:
+    """An eager INT8 copy of ``model``; layers in ``exclude`` (or not in ``only``) stay fp32."""
+    with quiet_torch_deprecations(), x86_engine(), torch.no_grad():
+        if is_linear_only(model):
+            layers = [
+                n for n in quantizable_layers(model) if n not in exclude and (only is None or n in only)
+            ]
+            spec = {name: default_dynamic_qconfig for name in layers}
+            return torch.ao.quantization.quantize_dynamic(
+                copy.deepcopy(model).eval(), spec, dtype=torch.qint8
+            )
+        if only is None:  # everything, including adds and pools, except the excluded layers
+            mapping = get_default_qconfig_mapping(ENGINE)
+            for name in exclude:
+                mapping.set_module_name(name, None)
+        else:
+            mapping = QConfigMapping()
+            for name in only:
+                mapping.set_module_name(name, get_default_qconfig_mapping(ENGINE).global_qconfig)
+        example = torch.from_numpy(calibration[:2])
+        prepared = prepare_fx(copy.deepcopy(model).eval(), mapping, (example,))
+        for start in range(0, len(calibration), CALIBRATION_BATCH):
+            prepared(torch.from_numpy(calibration[start : start + CALIBRATION_BATCH]))
+        return convert_fx(prepared)
