@@ -23,6 +23,7 @@ MODEL_COLUMNS = (
     ("file KB", "file_bytes", "{:,.0f}"),
     ("MMACs", "macs", "{:.2f}"),
     ("accuracy", "accuracy", "{:.2%}"),
+    ("drop pts", "accuracy_drop_points", "{:+.2f}"),
     ("agree fp32", "top1_agreement", "{:.2%}"),
 )
 SCALE = {"file_bytes": 1 / 1024, "macs": 1e-6}
@@ -111,7 +112,8 @@ def models_markdown(report: dict[str, Any]) -> str:
         f"max {settings['max_seconds']} s per batch size",
         f"- Throughput: {settings['throughput']}; GOP/s: {settings['gops']}",
         f"- Peak RSS: {settings['peak_rss']}",
-        f"- Speed-up (x ref) is against {summary['reference']} at the same batch size",
+        f"- Speed-up (x ref) is against {summary['reference']} at the same batch size; "
+        "it is also the ratio of p50 latencies",
         f"- Created: {report['created_at']}",
         "",
     ]
@@ -139,6 +141,20 @@ def models_markdown(report: dict[str, Any]) -> str:
         lines.append("No variant could be recommended: the reference row or accuracies are missing.")
     front = ", ".join(f"{p['variant']}/{p['runtime']}/{p['device']}" for p in summary["pareto_front"])
     lines += ["", f"Pareto front (accuracy vs images/s): {front}", ""]
+    fastest = summary["fastest_batch1_within_budget"]
+    if fastest:
+        lines.append(
+            f"- Lowest batch-1 latency within the budget: {fastest['variant']}/{fastest['runtime']}/"
+            f"{fastest['device']}, p50 {fastest['p50_ms']:.3f} ms, {cell(fastest['latency_ratio'], '{:.2f}')}x "
+            "lower than the reference"
+        )
+    top = summary["best_int8_share_of_peak"]
+    if top:
+        lines.append(
+            f"- Best INT8 share of the INT8 peak: {top['variant']}/{top['runtime']}/{top['device']} at batch "
+            f"{top['batch_size']}: {top['gops']:.1f} GOP/s = {top['share_of_peak']:.1%}"
+        )
+    lines.append("")
     lines += [f"![{Path(plot).stem}]({Path(plot).name})" for plot in report.get("plots", [])]
     return "\n".join(lines) + "\n"
 

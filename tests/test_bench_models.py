@@ -13,7 +13,7 @@ from slimserve.cli import main
 ROW_FIELDS = {
     "variant", "runtime", "device", "precision", "batch_size", "samples", "p50_ms", "p90_ms", "p99_ms",
     "mean_ms", "min_ms", "images_per_s", "peak_rss_mb", "baseline_rss_mb", "load_s", "file_bytes", "macs",
-    "gops", "share_of_peak", "accuracy", "top1_agreement", "accuracy_source", "speedup", "latency_ratio",
+    "gops", "share_of_peak", "accuracy", "top1_agreement", "accuracy_source", "speedup", "accuracy_drop_points",
 }  # fmt: skip
 SETTINGS = ModelBenchSettings(
     batch_sizes=(1, 4), warmup=1, repeats=5, max_seconds=2.0, limit=64, select_batch=4
@@ -57,6 +57,7 @@ def test_bench_models_writes_complete_sane_report(tiny_bundle: Path, tmp_path: P
         assert 0.0 <= row["accuracy"] <= 1.0
         assert row["top1_agreement"] == 1.0  # every runtime of the fp32 variant agrees with eager fp32
         assert "64 test images" in row["accuracy_source"]
+        assert row["accuracy_drop_points"] == pytest.approx(0.0)  # fp32 everywhere: same predictions
     eager = [row for row in report["rows"] if row["runtime"] == "pytorch-eager"]
     assert all(row["speedup"] == 1.0 for row in eager)
     if not report["machine"]["gpus"]:
@@ -65,6 +66,8 @@ def test_bench_models_writes_complete_sane_report(tiny_bundle: Path, tmp_path: P
     summary = report["summary"]
     assert summary["batch_size"] == 4 and summary["recommended"] is not None
     assert summary["pareto_front"]
+    assert summary["fastest_batch1_within_budget"]["p50_ms"] > 0
+    assert summary["best_int8_share_of_peak"] is None  # the tiny bundle has no INT8 variant
     markdown = (tmp_path / "bench-models.md").read_text()
     assert "Recommendation (batch 4)" in markdown
     assert "no GPU present" in markdown or report["machine"]["gpus"]
