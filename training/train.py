@@ -5,9 +5,11 @@ start of every epoch, so a resumed run replays exactly what an uninterrupted one
 have done, and the same seed and settings on the same CPU give the same weights.
 """
 
+import functools
 import math
 import time
-from contextlib import nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from slimserve.spec import PreprocessSpec
 from training.checkpoint import METADATA_FILE, atomic_write, save_checkpoint
 from training.config import TrainConfig
 from training.datasets import LoadedData, limit_dataset, load_data
+from training.distillation import Distillation
 from training.models import build_model
 from training.tensors import ImageTensors, batch_count, batches, materialize
 from training.transforms import normalize_transform, random_crop_flip
@@ -139,6 +142,67 @@ def _load_state(run_dir: Path) -> dict[str, Any]:
         raise SlimserveError(f"cannot resume: {path} is unreadable ({type(exc).__name__})") from None
 
 
+@dataclass(frozen=True)
+class EpochStats:
+    images: int
+    correct: int
+    loss_sum: float
+    seconds: float
+
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (images, logits, labels)
+
+
+def train_epoch(
+    model: nn.Module,
+    train_set: ImageTensors,
+    *,
+    loss_fn: LossFn,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    normalize: Callable[[torch.Tensor], torch.Tensor],
+    augment: Callable[[torch.Tensor], torch.Tensor] | None,
+    batch_size: int,
+    generator: torch.Generator,
+    device: torch.device,
+    channels_last: bool,
+    autocast: AbstractContextManager,
+    scaler: torch.amp.GradScaler,
+    progress: Progress,
+    description: str,
+) -> EpochStats:
+    """One pass over ``train_set`` in the order ``generator`` draws; also used by export's
+    fine-tuning of pruned models, which cannot be rebuilt from a recipe."""
+    model.train()
+    total = batch_count(train_set, batch_size, drop_last=True)
+    task = progress.add_task(description, total=total, loss=0.0, acc=0.0, ips=0.0)
+    seen, correct, loss_sum, started = 0, 0, 0.0, time.perf_counter()
+    for pixels, labels in batches(train_set, batch_size, generator=generator, drop_last=True):
+        if augment is not None:
+            pixels = augment(pixels)
+        images = normalize(pixels).to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        if channels_last:
+            images = images.to(memory_format=torch.channels_last)
+        with autocast:
+            logits = model(images)
+            loss = loss_fn(images, logits.float(), labels)
+        if not math.isfinite(loss.item()):
+            raise SlimserveError(f"training diverged (loss {loss.item()}) in {description}; lower --lr")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        seen += labels.numel()
+        correct += (logits.argmax(dim=1) == labels).sum().item()
+        loss_sum += loss.item() * labels.numel()
+        rate = seen / (time.perf_counter() - started)
+        progress.update(task, advance=1, loss=loss_sum / seen, acc=correct / seen, ips=rate)
+    progress.remove_task(task)
+    return EpochStats(seen, correct, loss_sum, time.perf_counter() - started)
+
+
 def train(
     config: TrainConfig,
     run_dir: Path | None = None,
@@ -146,8 +210,14 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     console: Console | None = None,
+    distillation: Distillation | None = None,
 ) -> TrainResult:
-    """Train ``config`` into ``run_dir``; with ``resume`` continue the run saved there."""
+    """Train ``config`` into ``run_dir``; with ``resume`` continue the run saved there.
+
+    With ``distillation`` the loss learns from the teacher's soft targets as well as the
+    labels; everything else (data order, augmentation, schedule) is what the same config
+    without a teacher does, so the two runs differ only in the loss.
+    """
     console = console or Console()
     run_dir = Path(run_dir) if run_dir else _default_run_dir(config)
     state = _load_state(run_dir) if resume else None
@@ -192,6 +262,15 @@ def train(
         optimizer, max_lr=config.lr, total_steps=steps, pct_start=0.15
     )
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+
+    def loss_fn(_images: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return criterion(logits, labels)
+
+    if distillation is not None:
+        distillation.teacher.to(device).eval()  # nn.Module.to moves in place
+        if channels_last:
+            distillation.teacher.to(memory_format=torch.channels_last)
+        loss_fn = functools.partial(distillation.loss, ce=criterion)  # type: ignore[assignment]
     scaler = torch.amp.GradScaler(enabled=amp_dtype == torch.float16)
 
     start_epoch, best_acc, best_epoch, history, elapsed = 0, -1.0, 0, [], 0.0
@@ -220,41 +299,35 @@ def train(
         for epoch in range(start_epoch, config.epochs):
             torch.manual_seed(config.seed * 100_003 + epoch)
             generator.manual_seed(config.seed * 100_003 + epoch)
-            model.train()
-            task = progress.add_task(
-                f"epoch {epoch + 1}/{config.epochs}", total=steps_per_epoch, loss=0.0, acc=0.0, ips=0.0
+            started = time.perf_counter()
+            augment = None
+            if config.augment:
+                augment = functools.partial(
+                    random_crop_flip, padding=data.crop_padding, hflip=data.hflip, generator=generator
+                )
+            stats = train_epoch(
+                model,
+                train_set,
+                loss_fn=loss_fn,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                normalize=normalize,
+                augment=augment,
+                batch_size=config.batch_size,
+                generator=generator,
+                device=device,
+                channels_last=channels_last,
+                autocast=autocast,
+                scaler=scaler,
+                progress=progress,
+                description=f"epoch {epoch + 1}/{config.epochs}",
             )
-            seen, correct, loss_sum, started = 0, 0, 0.0, time.perf_counter()
-            for pixels, labels in batches(
-                train_set, config.batch_size, generator=generator, drop_last=drop_last
-            ):
-                if config.augment:
-                    pixels = random_crop_flip(
-                        pixels, padding=data.crop_padding, hflip=data.hflip, generator=generator
-                    )
-                images = normalize(pixels).to(device, non_blocking=True)
-                labels = labels.to(device, non_blocking=True)
-                if channels_last:
-                    images = images.to(memory_format=torch.channels_last)
-                with autocast:
-                    logits = model(images)
-                    loss = criterion(logits.float(), labels)
-                if not math.isfinite(loss.item()):
-                    raise SlimserveError(
-                        f"training diverged (loss {loss.item()}) at epoch {epoch + 1}; lower --lr"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                seen += labels.numel()
-                correct += (logits.argmax(dim=1) == labels).sum().item()
-                loss_sum += loss.item() * labels.numel()
-                rate = seen / (time.perf_counter() - started)
-                progress.update(task, advance=1, loss=loss_sum / seen, acc=correct / seen, ips=rate)
-            progress.remove_task(task)
-            train_seconds = time.perf_counter() - started
+            seen, correct, loss_sum, train_seconds = (
+                stats.images,
+                stats.correct,
+                stats.loss_sum,
+                stats.seconds,
+            )
             test_acc, _ = evaluate_model(model, test_set, data.spec, device, channels_last)
             elapsed += time.perf_counter() - started
             history.append(
@@ -298,6 +371,7 @@ def train(
                         "train_seconds": round(elapsed, 1),
                         "device": device.type,
                         "amp": str(amp_dtype).removeprefix("torch.") if amp_dtype else None,
+                        **({"distillation": distillation.to_metadata()} if distillation else {}),
                     },
                 )
             _save_state(
