@@ -125,10 +125,10 @@ def write_test_images(manifest: dict[str, Any], folder: Path, count: int) -> lis
 
 
 def run_locust(
-    url: str, path: str, images_file: Path, users: int, settings: HttpBenchSettings, tmp: Path
+    target: str, url: str, path: str, images_file: Path, users: int, settings: HttpBenchSettings, tmp: Path
 ) -> dict:
     """One headless locust run; returns its summary (bounded by duration and request count)."""
-    out = tmp / f"locust-{users}-{abs(hash((url, path)))}.json"
+    out = tmp / f"locust-{target}-{users}.json"
     command = [
         sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", url,
         "-u", str(users), "-r", str(users), "-t", f"{settings.duration_s:g}s", "--stop-timeout", "5",
@@ -331,7 +331,7 @@ def bench_http(
             def drive(target: str, base: str, path: str) -> None:
                 for users in settings.concurrency:
                     progress.update(task, description=f"{target} x{users}")
-                    row = run_locust(base, path, images_file, users, settings, tmp)
+                    row = run_locust(target, base, path, images_file, users, settings, tmp)
                     results.setdefault(target, []).append(row)
                     progress.advance(task)
                     progress.console.print(
@@ -355,6 +355,7 @@ def bench_http(
         "service": {
             "workers": workers,
             "threads_per_worker": threads,
+            "backend": described.get("backend"),
             "provider": described.get("provider"),
             "adaptive_batching": models.get("adaptive_batching"),
         },

@@ -216,8 +216,8 @@ def http_markdown(report: dict[str, Any]) -> str:
         f"- Machine: {machine['cpu_model']}, {machine['physical_cores']} physical cores; GPUs: "
         f"{', '.join(machine['gpus']) or 'no GPU present'}",
         f"- Versions: {', '.join(f'{k} {v}' for k, v in machine['versions'].items())}",
-        f"- Service: {service['workers']} worker(s) x {service['threads_per_worker']} thread(s), provider "
-        f"{service['provider']}, adaptive batching {service['adaptive_batching']}",
+        f"- Service: {service['workers']} worker(s) x {service['threads_per_worker']} thread(s), backend "
+        f"{service['backend']} on {service['provider']}, adaptive batching {service['adaptive_batching']}",
         f"- Load: {settings['load_generator']}",
         f"- Bounds per target and concurrency: {settings['duration_s']:g} s or {settings['requests']} requests; "
         f"{settings['images']} image files",
