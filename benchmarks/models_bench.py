@@ -151,6 +151,7 @@ def _rows(
                 **batch,
                 "peak_rss_mb": result.info.get("peak_rss_mb"),
                 "baseline_rss_mb": result.info.get("baseline_rss_mb"),
+                "torch_imported": result.info.get("torch_imported"),
                 "load_s": result.info.get("load_s"),
                 "file_bytes": _file_bytes(manifest, block),
                 "macs": macs,

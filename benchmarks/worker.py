@@ -91,7 +91,7 @@ def run_job(job: dict[str, Any]) -> None:
     predictions = None
     if job.get("eval_inputs"):
         predictions = predict(runner, np.load(job["eval_inputs"]), max(job["batch_sizes"]))
-    emit("done", peak_rss_mb=peak, predictions=predictions)
+    emit("done", peak_rss_mb=peak, torch_imported="torch" in sys.modules, predictions=predictions)
 
 
 def main() -> int:

@@ -53,6 +53,7 @@ def test_bench_models_writes_complete_sane_report(tiny_bundle: Path, tmp_path: P
         assert 0 < row["min_ms"] <= row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
         assert row["images_per_s"] > 0 and row["gops"] > 0 and row["share_of_peak"] > 0
         assert row["peak_rss_mb"] >= row["baseline_rss_mb"] > 0
+        assert row["torch_imported"] == (row["runtime"] != "onnxruntime")  # ORT memory is ORT's alone
         assert row["file_bytes"] > 0 and row["macs"] > 0
         assert 0.0 <= row["accuracy"] <= 1.0
         assert row["top1_agreement"] == 1.0  # every runtime of the fp32 variant agrees with eager fp32
