@@ -44,6 +44,10 @@ class OnnxBackend:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # ORT's pool threads spin after each run by default; here they would take the core
+        # from this worker's event loop (measured: c=1 p50 12 ms with 2 spinning threads
+        # against 3 ms without, on 2 cores).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3  # ORT's own provider-load errors; we report the outcome ourselves
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=requested)

@@ -56,6 +56,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--access-log", action=argparse.BooleanOptionalAction, default=None, help="log every request (off)"
     )
+    serve.add_argument(
+        "--tracing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="OpenTelemetry spans on prediction routes (off; needs a BentoML tracing exporter)",
+    )
     serve.add_argument("--timeout-s", type=positive_int, help="per-request timeout in seconds (60)")
     serve.add_argument(
         "--ready-timeout", type=positive_int, default=120, help="seconds to wait for readiness (120)"

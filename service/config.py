@@ -40,6 +40,7 @@ class ServeConfig:
     top_k: int = 5
     port: int = 3000
     access_log: bool = False
+    tracing: bool = False  # OpenTelemetry spans on the prediction routes (needs a BentoML tracing exporter)
     timeout_s: int = 60
 
     def __post_init__(self) -> None:

@@ -177,7 +177,7 @@ def test_startup_banner_shows_url_variants_and_curl(server, bundle):
 
 
 @pytest.mark.http
-def test_three_input_styles_agree(server, sample_png):
+def test_three_input_styles_agree(server, sample_png, bundle):
     multipart = server.client.post("/predict", files={"file": ("a.png", sample_png, "image/png")})
     raw = server.client.post("/predict", content=sample_png, headers={"Content-Type": "image/png"})
     b64 = server.client.post("/predict", json={"image": base64.b64encode(sample_png).decode()})
@@ -185,7 +185,8 @@ def test_three_input_styles_agree(server, sample_png):
     assert [r.status_code for r in (multipart, raw, b64)] == [200, 200, 200]
     assert answers[0]["predictions"] == answers[1]["predictions"] == answers[2]["predictions"]
     first = answers[0]
-    assert first["variant"] == "fp32" and first["version"] == "v1" and first["bundle"] == BUNDLE
+    assert first["variant"] == bundle.data["default_variant"]
+    assert first["version"] == "v1" and first["bundle"] == BUNDLE
     assert first["backend"] == "onnx" and first["provider"] == CPU
     assert len(first["predictions"]) == 5
     assert set(first["timing"]) == {"preprocess_ms", "model_ms", "total_ms"}
