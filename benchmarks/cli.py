@@ -1,7 +1,6 @@
 """`slimserve bench models` and `slimserve bench http`: argument parsing only, heavy imports on use."""
 
 import argparse
-import os
 from pathlib import Path
 
 from slimserve.cli_types import positive_float, positive_int
@@ -28,16 +27,13 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def default_threads() -> int:
-    return len(os.sched_getaffinity(0))
-
-
 def _models(args: argparse.Namespace) -> None:
     from benchmarks.models_bench import ModelBenchSettings, bench_models
 
+    threads = {"threads": args.threads} if args.threads else {}
     settings = ModelBenchSettings(
+        **threads,
         batch_sizes=args.batch_sizes,
-        threads=args.threads,
         warmup=args.warmup,
         repeats=args.repeats,
         max_seconds=args.max_seconds,
@@ -87,7 +83,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--batch-sizes", type=int_list, default=(1, 8, 32, 64, 128), help="default: 1,8,32,64,128"
     )
     models.add_argument(
-        "--threads", type=positive_int, default=default_threads(), help="intra-op threads for every runtime"
+        "--threads", type=positive_int, help="intra-op threads for every runtime (default: every usable core)"
     )
     models.add_argument("--warmup", type=positive_int, default=10, help="untimed calls per batch size")
     models.add_argument("--repeats", type=positive_int, default=100, help="timed calls per batch size")

@@ -1,7 +1,8 @@
 """`slimserve bench models`: every variant x runtime x batch size, in-process, one report."""
 
+import os
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ REFERENCE_VARIANT = "fp32"
 @dataclass(frozen=True)
 class ModelBenchSettings:
     batch_sizes: tuple[int, ...] = (1, 8, 32, 64, 128)
-    threads: int = 2
+    threads: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))  # every usable core
     warmup: int = 10
     repeats: int = 100
     max_seconds: float = 20.0  # per batch size and block, after warm-up
@@ -53,7 +54,9 @@ def plan(manifest: Manifest, gpu: bool, ort_providers: list[str]) -> tuple[list[
         providers = [p for p in GPU_PROVIDERS if p in ort_providers] + providers
     else:
         notes.append("no GPU present: CUDA/TensorRT and torch CUDA rows are absent, not zero")
-    if REFERENCE_VARIANT in manifest.variants and run_dir and Path(run_dir).is_dir():
+    if REFERENCE_VARIANT not in manifest.variants:
+        notes.append(f"the bundle has no {REFERENCE_VARIANT} variant: no reference, so no speed-ups")
+    elif run_dir and Path(run_dir).is_dir():
         blocks += [Block(REFERENCE_VARIANT, EAGER, device) for device in devices]
     else:
         notes.append(

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from benchmarks.http_bench import HttpBenchSettings, bench_http, check_loopback, summarize_run
+from benchmarks.http_bench import check_loopback, summarize_run
 from slimserve.cli import main
 from slimserve.errors import SlimserveError
 
@@ -62,10 +62,9 @@ def served(tiny_cnn_run: Path, tmp_path_factory: pytest.TempPathFactory):
 @pytest.mark.http
 @pytest.mark.slow
 def test_bench_http_against_the_service_and_the_reference_reports_zero_errors(served: str, tmp_path: Path):
-    settings = HttpBenchSettings(
-        concurrency=(1, 4), duration_s=15.0, requests=REQUESTS, image_count=8, in_process_repeats=20
-    )
-    bench_http(served, tmp_path, settings, console=Console(quiet=True))
+    argv = ["bench", "http", served, "--concurrency", "1,4", "--duration", "15", "--requests", str(REQUESTS)]
+    argv += ["--image-count", "8", "--in-process-repeats", "20", "--out", str(tmp_path)]
+    assert main(argv) == 0
     report = json.loads((tmp_path / "bench-http.json").read_text())
     assert set(report["results"]) == {"adaptive", "unbatched", "reference"}
     for target, rows in report["results"].items():
