@@ -7,6 +7,7 @@ set, and hashes the files. Any failure raises, and the pipeline records it for t
 variant only.
 """
 
+import gzip
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch_pruning as tp
+from rich.console import Console
 from torch import nn
 
 from export.checks import PARITY_IMAGES, Parity, accuracy, agreement, parity, predict
@@ -30,6 +32,8 @@ from slimserve.errors import SlimserveError
 from slimserve.hashing import sha256_file
 from slimserve.manifest import FILE_NAMES
 from slimserve.spec import PreprocessSpec
+from training.datasets import LoadedData
+from training.tensors import ImageTensors
 
 
 class VariantFailed(SlimserveError):
@@ -44,7 +48,24 @@ class ExportSettings:
     calibration_method: str = "minmax"
     int8_target: str = "cpu"
     max_accuracy_drop: float = 0.5
+    prune_macs: float = 0.5
+    finetune_epochs: int = 3
+    finetune_lr: float = 0.01
+    sparsity: float = 0.5
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.calibration_method in ("minmax", "entropy", "percentile"), "unknown --calibration-method"),
+            (self.int8_target in ("cpu", "tensorrt"), "--int8-target must be cpu or tensorrt"),
+            (0 < self.prune_macs < 1, f"--prune-macs must be between 0 and 1, got {self.prune_macs}"),
+            (0 < self.sparsity < 1, f"--sparsity must be between 0 and 1, got {self.sparsity}"),
+            (self.finetune_epochs >= 0, "--finetune-epochs must not be negative"),
+            (self.max_accuracy_drop >= 0, "--max-accuracy-drop must not be negative"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise SlimserveError(message)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -56,9 +77,13 @@ class ExportContext:
     float models earlier variants produced (``pruned-int8`` quantizes ``pruned``'s)."""
 
     parent: nn.Module
+    parent_metadata: dict[str, Any]
     spec: PreprocessSpec
+    data: LoadedData
     eval_set: ImageSet
     calibration: Callable[[], ImageSet]
+    train_set: Callable[[], ImageTensors]
+    console: Console
     settings: ExportSettings
     bundle_dir: Path
     fp32_accuracy: float
@@ -83,10 +108,13 @@ def macs_and_params(model: nn.Module, spec: PreprocessSpec) -> tuple[int, int]:
 
 
 def file_entry(path: Path, bundle_dir: Path) -> dict[str, Any]:
+    """Path, hash and size; plus the gzip size, the honest measure of what unstructured
+    sparsity saves (dense formats store the zeros)."""
     return {
         "path": path.relative_to(bundle_dir).as_posix(),
         "sha256": sha256_file(path),
         "bytes": path.stat().st_size,
+        "gzip_bytes": len(gzip.compress(path.read_bytes(), compresslevel=9, mtime=0)),
     }
 
 

@@ -5,7 +5,17 @@ from pathlib import Path
 
 from slimserve.cli_types import positive_float, positive_int
 
-VARIANT_NAMES = ("fp32", "int8")
+VARIANT_NAMES = ("fp32", "int8", "pruned", "pruned-int8", "sparse")
+
+
+def share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {value}")
+    return value
 
 
 def _variant_list(text: str) -> list[str]:
@@ -27,6 +37,10 @@ def _export(args: argparse.Namespace) -> None:
         calibration_method=args.calibration_method,
         int8_target=args.int8_target,
         max_accuracy_drop=args.max_accuracy_drop,
+        prune_macs=args.prune_macs,
+        finetune_epochs=args.finetune_epochs,
+        finetune_lr=args.finetune_lr,
+        sparsity=args.sparsity,
         seed=args.seed,
     )
     export_bundle(
@@ -58,7 +72,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         type=_variant_list,
         help=f"comma-separated subset of {','.join(VARIANT_NAMES)} (default: all)",
     )
-    export.add_argument("--limit", type=positive_int, help="evaluate on N test images (default: all)")
+    export.add_argument(
+        "--limit",
+        type=positive_int,
+        help="use N test images for measurements and N train images for fine-tuning (default: all)",
+    )
     export.add_argument(
         "--calibration-images", type=positive_int, default=512, help="INT8 calibration images (default: 512)"
     )
@@ -80,6 +98,27 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         type=positive_float,
         default=0.5,
         help="largest accepted accuracy drop vs fp32, in points (default: 0.5)",
+    )
+    export.add_argument(
+        "--prune-macs",
+        type=share,
+        default=0.5,
+        help="pruned: share of MACs structured pruning removes (default: 0.5)",
+    )
+    export.add_argument(
+        "--finetune-epochs",
+        type=int,
+        default=3,
+        help="pruned: fine-tuning epochs after pruning (default: 3)",
+    )
+    export.add_argument(
+        "--finetune-lr", type=positive_float, default=0.01, help="pruned: fine-tuning peak LR (default: 0.01)"
+    )
+    export.add_argument(
+        "--sparsity",
+        type=share,
+        default=0.5,
+        help="sparse: share of Conv/Linear weights set to zero (default: 0.5)",
     )
     export.add_argument("--seed", type=int, default=0, help="seed for subsets and fine-tuning (default: 0)")
     export.add_argument(

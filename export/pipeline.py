@@ -26,6 +26,8 @@ from export.variants import BUILDERS
 from slimserve.errors import SlimserveError
 from slimserve.manifest import SCHEMA_VERSION, Manifest, check_name, read_manifest, write_manifest
 from training.checkpoint import library_versions, load_checkpoint
+from training.datasets import limit_dataset
+from training.tensors import materialize
 
 DEFAULT_OUT = Path("bundles")
 
@@ -69,8 +71,9 @@ def export_bundle(
 ) -> Manifest:
     """Export ``run_dir`` into ``out/NAME/VERSION`` and (by default) the BentoML store.
 
-    ``limit`` evaluates on a seeded subset of the test split (quick runs); without it
-    every number in the manifest is on the full test split.
+    ``limit`` uses a seeded subset of N test images for every measurement and of N train
+    images for fine-tuning pruned models (quick runs); without it every number in the
+    manifest is on the full test split and fine-tuning sees the full train split.
     """
     console = console or Console()
     settings = settings or ExportSettings()
@@ -98,11 +101,18 @@ def export_bundle(
     )
 
     bundle_dir.mkdir(parents=True)
+    train_set = functools.cache(
+        lambda: materialize(limit_dataset(data.train, limit, settings.seed), checkpoint.spec, "train images")
+    )
     ctx = ExportContext(
         parent=checkpoint.model,
+        parent_metadata=meta,
         spec=checkpoint.spec,
+        data=data,
         eval_set=eval_set,
         calibration=calibration,
+        train_set=train_set,
+        console=console,
         settings=settings,
         bundle_dir=bundle_dir,
         fp32_accuracy=fp32_accuracy,
@@ -112,12 +122,12 @@ def export_bundle(
     failed: dict[str, str] = {}
     torch.manual_seed(settings.seed)
     for variant in selected:
-        with console.status(f"building {variant}…"):
-            try:
-                entries[variant] = BUILDERS[variant](ctx)
-            except Exception as exc:  # one variant's failure must not stop the others
-                failed[variant] = _reason(exc)
-                shutil.rmtree(bundle_dir / variant, ignore_errors=True)
+        console.print(f"  {variant}: building…")
+        try:
+            entries[variant] = BUILDERS[variant](ctx)
+        except Exception as exc:  # one variant's failure must not stop the others
+            failed[variant] = _reason(exc)
+            shutil.rmtree(bundle_dir / variant, ignore_errors=True)
         if variant in entries:
             console.print(f"  {variant}: ok")
         else:

@@ -1,5 +1,6 @@
 """The comparison table `slimserve export` prints: one row per variant, fp32 first."""
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -27,12 +28,13 @@ def print_report(manifest: Manifest, console: Console) -> None:
         title=f"{manifest.name}:{manifest.version}  (test images: {data['evaluation']['images']}, "
         f"fp32 eager accuracy {data['parent']['test_accuracy']:.2%})",
         title_justify="left",
+        box=box.SIMPLE_HEAD,
     )
     table.add_column("variant", no_wrap=True)
-    table.add_column("prec.", no_wrap=True)
-    for column in ("accuracy", "drop pts", "agree fp32", "ONNX size", "MACs", "params", "sparse"):
-        table.add_column(column, justify="right")
-    table.add_column("parity ONNX/TS", justify="right")
+    table.add_column("prec", no_wrap=True)
+    for column in ("accuracy", "drop", "agree", "ONNX (vs fp32)", "gzip", "MACs", "params", "zeros"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("parity ONNX/TS", justify="right", no_wrap=True)
     for name, entry in data["variants"].items():
         onnx_bytes = entry["files"].get("onnx", {}).get("bytes")
         parity = " / ".join(
@@ -47,13 +49,17 @@ def print_report(manifest: Manifest, console: Console) -> None:
             f"{entry['accuracy_drop']:+.2f}",
             f"{entry['top1_agreement']:.2%}",
             _size(onnx_bytes, fp32_onnx),
+            _size(entry["files"].get("onnx", {}).get("gzip_bytes"), None),
             _count(entry.get("macs")),
             _count(entry.get("params")),
             f"{entry['sparsity']:.0%}",
             parity,
         )
     console.print(table)
-    console.print("* default variant. Parity: max |logit diff| vs the eager model the file was made from.")
+    console.print(
+        "* default variant. drop: accuracy points lost vs fp32; agree: top-1 agreement with fp32; "
+        "parity: max |logit diff| vs the eager model each file was made from."
+    )
     for name, entry in data["variants"].items():
         if entry.get("notes"):
             console.print(f"[bold]{name}[/]: {entry['notes']}")
