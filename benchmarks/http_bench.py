@@ -291,6 +291,8 @@ def bench_http(
     console = console or Console()
     url = check_loopback(url)
     models = get_json(f"{url}/models")
+    if not isinstance(models, dict) or not {"variants", "default_variant", "workers"} <= models.keys():
+        raise SlimserveError(f"{url} does not look like a slimserve service: GET /models lists no variants")
     variant = settings.variant or models["default_variant"]
     described = next((v for v in models["variants"] if v["variant"] == variant), None)
     if described is None:

@@ -24,8 +24,18 @@ def plot_latency(report: dict[str, Any], path: Path) -> Path:
     """p50 latency vs batch size, one panel per variant, one line per runtime (log-log)."""
     plt = _pyplot()
     variants = list(dict.fromkeys(row["variant"] for row in report["rows"]))
-    fig, axes = plt.subplots(1, len(variants), figsize=(4.2 * len(variants), 3.8), dpi=110, squeeze=False)
-    for ax, variant in zip(axes[0], variants, strict=True):
+    columns = min(3, len(variants))
+    rows_of_panels = -(-len(variants) // columns)
+    fig, axes = plt.subplots(
+        rows_of_panels, columns, figsize=(4.4 * columns, 3.8 * rows_of_panels), dpi=110, squeeze=False
+    )
+    for ax in axes.flat[len(variants) :]:
+        ax.set_visible(False)
+    runtimes = dict.fromkeys(f"{row['runtime']} ({short_device(row['device'])})" for row in report["rows"])
+    colors = {
+        runtime: f"C{index % 10}" for index, runtime in enumerate(runtimes)
+    }  # same colour in every panel
+    for ax, variant in zip(axes.flat, variants, strict=False):
         rows = [row for row in report["rows"] if row["variant"] == variant]
         for runtime in dict.fromkeys(f"{row['runtime']} ({short_device(row['device'])})" for row in rows):
             series = sorted(
@@ -33,9 +43,14 @@ def plot_latency(report: dict[str, Any], path: Path) -> Path:
                 key=lambda row: row["batch_size"],
             )
             sizes = [row["batch_size"] for row in series]
-            ax.plot(sizes, [row["p50_ms"] for row in series], marker="o", label=runtime)
+            color = colors[runtime]
+            ax.plot(sizes, [row["p50_ms"] for row in series], marker="o", label=runtime, color=color)
             ax.fill_between(
-                sizes, [row["p50_ms"] for row in series], [row["p99_ms"] for row in series], alpha=0.15
+                sizes,
+                [row["p50_ms"] for row in series],
+                [row["p99_ms"] for row in series],
+                alpha=0.15,
+                color=color,
             )
         ax.set_xscale("log", base=2)
         ax.set_xticks(report["settings"]["batch_sizes"], [str(b) for b in report["settings"]["batch_sizes"]])
