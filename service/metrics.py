@@ -24,3 +24,9 @@ request_seconds = bentoml.metrics.Histogram(
     labelnames=["variant", "route"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
 )
+batch_size = bentoml.metrics.Histogram(
+    name="slimserve_batch_size",
+    documentation="Images per model call on the adaptive-batching route, by variant",
+    labelnames=["variant"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)

@@ -26,7 +26,7 @@ from bentoml._internal.marshal.dispatcher import CorkDispatcher
 from service.config import ServeConfig
 from service.errors import RequestError
 from service.http import build_app
-from service.metrics import inference_seconds
+from service.metrics import batch_size, inference_seconds
 from service.preprocess import open_image
 from service.store import LoadedVariant, load_variant, resolve_tags
 
@@ -125,6 +125,7 @@ class Slimserve:
 
         async def run(items: tuple[np.ndarray, ...]) -> list[tuple[np.ndarray, int]]:
             batch = items[0] if len(items) == 1 else np.concatenate(items)
+            batch_size.labels(variant=name).observe(len(batch))
             logits = await self._run_model(variant, batch)
             out, offset = [], 0
             for item in items:

@@ -5,6 +5,7 @@ the service picks one bundle version and loads every requested variant of it. Mo
 tags come from the store and the config, never from request data.
 """
 
+import io
 import logging
 import os
 import time
@@ -12,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import bentoml
-import numpy as np
+from PIL import Image
 
 from service.backends import Backend, create_backend
 from service.config import ServeConfig
-from service.preprocess import Preprocessor
+from service.preprocess import Preprocessor, open_image
 from slimserve.errors import SlimserveError
 from slimserve.manifest import Manifest, read_manifest
 
@@ -109,6 +110,7 @@ def load_variant(name: str, tag: str, model_dir: Path, config: ServeConfig) -> L
             f"{tag} has no {config.backend} file (it has {', '.join(files)}); choose --backend accordingly"
         )
     path = files[config.backend].verified_path(model_dir)
+    preprocessor = Preprocessor(manifest.spec)
     backend = create_backend(
         config.backend,
         path,
@@ -117,11 +119,14 @@ def load_variant(name: str, tag: str, model_dir: Path, config: ServeConfig) -> L
         threads=config.thread_count,
         strict=config.strict,
     )
-    preprocessor = Preprocessor(manifest.spec)
-    # The first runs allocate ORT's arenas and pick kernels; readiness waits for them.
-    sample = np.zeros((1, *manifest.spec.input_shape), dtype=np.float32)
+    # The whole request path once before readiness turns green: Pillow loads its decoder
+    # plugins on first use (~20 ms) and ORT allocates its arenas on the first runs.
+    spec = manifest.spec
+    sample = io.BytesIO()
+    Image.new(spec.pil_mode, (spec.width, spec.height)).save(sample, format="PNG")
+    batch = preprocessor.batch([open_image(sample.getvalue(), config.max_pixels)])
     for _ in range(WARMUP_RUNS):
-        logits = backend.run(sample)
+        logits = backend.run(batch)
     if logits.shape != (1, len(manifest.classes)):
         raise SlimserveError(
             f"{tag}: model output shape {tuple(logits.shape)} does not match "
