@@ -22,7 +22,8 @@ from service.preprocess import Preprocessor, decode_image
 from slimserve.manifest import read_manifest
 
 ENV = "SLIMSERVE_REFERENCE"  # bundle dir, variant and threads reach uvicorn's workers through the environment
-MAX_PIXELS = 4096 * 4096  # the service's default bound
+MAX_PIXELS = 4096 * 4096  # the service's default bounds
+MAX_BODY_BYTES = 16 * 1024 * 1024
 TOP_K = 5  # the service's default
 
 
@@ -51,6 +52,8 @@ def create_app() -> Starlette:
     session.run(None, {input_name: np.zeros((1, *manifest.spec.input_shape), np.float32)})  # warm-up
 
     async def predict(request: Request) -> JSONResponse:
+        if int(request.headers.get("content-length") or 0) > MAX_BODY_BYTES:
+            return JSONResponse({"error": f"body over {MAX_BODY_BYTES} bytes"}, status_code=413)
         try:
             batch = preprocess(decode_image(await request.body(), MAX_PIXELS))
         except RequestError as exc:
