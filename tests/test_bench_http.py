@@ -62,7 +62,7 @@ def served(tiny_cnn_run: Path, tmp_path_factory: pytest.TempPathFactory):
 @pytest.mark.http
 @pytest.mark.slow
 def test_bench_http_against_the_service_and_the_reference_reports_zero_errors(served: str, tmp_path: Path):
-    argv = ["bench", "http", served, "--concurrency", "1,4", "--duration", "15", "--requests", str(REQUESTS)]
+    argv = ["bench", "http", served, "--concurrency", "1,4", "--duration", "10", "--requests", str(REQUESTS)]
     argv += ["--image-count", "8", "--in-process-repeats", "20", "--out", str(tmp_path)]
     assert main(argv) == 0
     report = json.loads((tmp_path / "bench-http.json").read_text())
