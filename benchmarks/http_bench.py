@@ -308,6 +308,11 @@ def bench_http(
     workers = int(models["workers"])
     need_bundle = settings.reference or settings.in_process_repeats > 0
     bundle_dir = resolve_bundle(settings, described) if need_bundle else None
+    if bundle_dir is not None and "onnx" not in described["manifest"]["variants"][variant]["files"]:
+        raise SlimserveError(
+            f"variant {variant} has no ONNX file, which the reference and in-process figures run; "
+            "pass --no-reference --in-process-repeats 0"
+        )
     local = None
     if bundle_dir is not None and settings.in_process_repeats > 0:
         with console.status("in-process batch-1 latency"):
