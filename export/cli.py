@@ -18,6 +18,16 @@ def share(text: str) -> float:
     return value
 
 
+def share_or_bound(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
 def _variant_list(text: str) -> list[str]:
     names = [part.strip() for part in text.split(",") if part.strip()]
     unknown = [n for n in names if n not in VARIANT_NAMES]
@@ -52,6 +62,27 @@ def _export(args: argparse.Namespace) -> None:
         limit=args.limit,
         settings=settings,
         register=args.register,
+    )
+
+
+def _distill(args: argparse.Namespace) -> None:
+    from export.distill import distill, inherit_data_settings
+    from training.checkpoint import read_metadata
+    from training.cli import train_config_from_args
+
+    config = inherit_data_settings(
+        train_config_from_args(args, args.student),
+        read_metadata(Path(args.teacher)),
+        keep_dataset=args.dataset is not None,
+    )
+    distill(
+        args.teacher,
+        config,
+        temperature=args.temperature,
+        alpha=args.alpha,
+        out=args.out,
+        twin_out=args.twin_out,
+        force=args.force,
     )
 
 
@@ -128,3 +159,38 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         help="write the bundle only, skip the BentoML model store",
     )
     export.set_defaults(handler=_export)
+
+    from training.cli import add_train_options
+    from training.config import RECIPES
+
+    distill = commands.add_parser(
+        "distill",
+        help="train a small student from a teacher checkpoint, and the same student without one",
+        description="Knowledge distillation: train STUDENT on the teacher's dataset with soft targets "
+        "(temperature, alpha) and, with the same config and seed, its no-teacher twin (reused when a "
+        "finished one exists); prints both accuracies. The student is a normal checkpoint for 'export'.",
+    )
+    distill.add_argument("--teacher", required=True, metavar="RUN_DIR", help="the teacher's run folder")
+    distill.add_argument(
+        "--student",
+        choices=list(RECIPES),
+        default="cnn-small",
+        help="student architecture (default: cnn-small)",
+    )
+    distill.add_argument(
+        "--temperature", type=positive_float, default=4.0, help="softmax temperature (default: 4)"
+    )
+    distill.add_argument(
+        "--alpha",
+        type=share_or_bound,
+        default=0.9,
+        help="weight of the soft-target loss, 0..1 (default: 0.9)",
+    )
+    add_train_options(distill)
+    distill.set_defaults(dataset=None)  # the teacher's dataset unless given
+    distill.add_argument(
+        "--out", type=Path, help="student run folder (default: runs/STUDENT-DATASET-distilled)"
+    )
+    distill.add_argument("--twin-out", type=Path, help="no-teacher twin folder (default: OUT-no-teacher)")
+    distill.add_argument("--force", action="store_true", help="overwrite an existing student run folder")
+    distill.set_defaults(handler=_distill)

@@ -1,0 +1,184 @@
+"""`slimserve distill`: a small student learns from a trained teacher's soft targets.
+
+The student is trained by ``training.train.train`` with a teacher attached (the KD loss
+lives in ``training.distillation``), so it is an ordinary checkpoint that `export`
+accepts. Its twin is the same student, config and seed without a teacher: the only
+difference between the two runs is the loss, which is what makes the gain meaningful.
+"""
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from slimserve.errors import SlimserveError
+from training.checkpoint import METADATA_FILE, load_checkpoint, read_metadata, write_json
+from training.config import TrainConfig
+from training.datasets import limit_dataset, load_data
+from training.distillation import Distillation
+from training.models import build_model
+from training.tensors import materialize
+from training.train import STATE_FILE, evaluate_model, train
+
+REPORT_FILE = "distill_report.json"
+
+
+@dataclass(frozen=True)
+class DistillResult:
+    student_dir: Path
+    twin_dir: Path
+    teacher_accuracy: float
+    student_accuracy: float
+    twin_accuracy: float
+    teacher_macs: int
+    student_macs: int
+    twin_reused: bool
+
+    @property
+    def gain_points(self) -> float:
+        return (self.student_accuracy - self.twin_accuracy) * 100
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data.update(student_dir=str(self.student_dir), twin_dir=str(self.twin_dir))
+        data["gain_points"] = round(self.gain_points, 4)
+        data["teacher_gap_points"] = round((self.teacher_accuracy - self.student_accuracy) * 100, 4)
+        data["mac_ratio"] = round(self.teacher_macs / self.student_macs, 3)
+        return data
+
+
+def _macs(arch: str, arch_kwargs: dict, spec, num_classes: int) -> int:
+    model = build_model(
+        arch,
+        in_channels=spec.channels,
+        num_classes=num_classes,
+        input_size=(spec.height, spec.width),
+        **arch_kwargs,
+    )
+    macs, _ = tp.utils.count_ops_and_params(model.eval(), torch.zeros(1, *spec.input_shape))
+    return int(macs)
+
+
+def _twin_matches(twin_dir: Path, config: TrainConfig) -> bool:
+    """A finished no-teacher run with exactly this config can be reused as the twin."""
+    if not (twin_dir / METADATA_FILE).is_file() or not (twin_dir / STATE_FILE).is_file():
+        return False
+    meta = read_metadata(twin_dir)
+    if "distillation" in meta or meta.get("train_config") != config.to_dict():
+        return False
+    state = torch.load(twin_dir / STATE_FILE, map_location="cpu", weights_only=True)
+    return state.get("epoch") == config.epochs
+
+
+def inherit_data_settings(config: TrainConfig, teacher_meta: dict, *, keep_dataset: bool) -> TrainConfig:
+    """The student trains on the teacher's data (dataset, size, channels, validation split),
+    unless the user named a dataset, which ``distill`` then checks against the teacher's."""
+    settings = teacher_meta.get("train_config", {})
+    inherited = {k: settings[k] for k in ("image_size", "channels", "val_fraction") if k in settings}
+    if not keep_dataset:
+        inherited["dataset"] = teacher_meta["dataset"]
+    return dataclasses.replace(config, **inherited)
+
+
+def distill(
+    teacher_dir: str | Path,
+    config: TrainConfig,
+    *,
+    temperature: float = 4.0,
+    alpha: float = 0.9,
+    out: str | Path | None = None,
+    twin_out: str | Path | None = None,
+    force: bool = False,
+    console: Console | None = None,
+) -> DistillResult:
+    """Train ``config.model`` with the teacher in ``teacher_dir`` and its no-teacher twin."""
+    console = console or Console()
+    teacher = load_checkpoint(teacher_dir)  # verifies the teacher's weights hash
+    if teacher.metadata["dataset"] != config.dataset:
+        raise SlimserveError(
+            f"the teacher was trained on {teacher.metadata['dataset']}, the student on {config.dataset}; "
+            "drop --dataset so the student uses the teacher's"
+        )
+    name = f"{config.model}-{config.dataset.replace('folder:', 'folder-').replace('/', '_').strip('_')}"
+    student_dir = Path(out) if out else Path("runs") / f"{name}-distilled"
+    twin_dir = Path(twin_out) if twin_out else student_dir.with_name(f"{student_dir.name}-no-teacher")
+    distillation = Distillation(
+        teacher=teacher.model,
+        temperature=temperature,
+        alpha=alpha,
+        teacher_run_dir=str(Path(teacher_dir).resolve()),
+        teacher_sha256=teacher.metadata["weights_sha256"],
+        teacher_arch=teacher.metadata["arch"],
+    )
+    console.print(
+        f"Distilling [bold]{teacher.metadata['arch']}[/] ({teacher_dir}) into [bold]{config.model}[/]: "
+        f"temperature {temperature}, alpha {alpha}, {config.epochs} epochs, seed {config.seed}"
+    )
+    student = train(config, student_dir, overwrite=force, console=console, distillation=distillation)
+    twin_reused = _twin_matches(twin_dir, config)
+    if twin_reused:
+        twin_accuracy = float(read_metadata(twin_dir)["metrics"]["test_accuracy"])
+        console.print(f"Reusing the no-teacher twin in {twin_dir} (same config and seed)")
+    else:
+        console.print(f"Training the no-teacher twin into {twin_dir} (same config and seed)")
+        twin_accuracy = train(config, twin_dir, overwrite=True, console=console).best_accuracy
+
+    data = load_data(
+        config.dataset,
+        image_size=config.image_size,
+        channels=config.channels,
+        val_fraction=config.val_fraction,
+    )
+    test = materialize(limit_dataset(data.test, config.limit, config.seed), teacher.spec)
+    teacher_accuracy, _ = evaluate_model(teacher.model.cpu(), test, teacher.spec, torch.device("cpu"))
+    result = DistillResult(
+        student_dir=student_dir,
+        twin_dir=twin_dir,
+        teacher_accuracy=teacher_accuracy,
+        student_accuracy=student.best_accuracy,
+        twin_accuracy=twin_accuracy,
+        teacher_macs=_macs(
+            teacher.metadata["arch"], teacher.metadata["arch_kwargs"], teacher.spec, len(teacher.classes)
+        ),
+        student_macs=_macs(config.model, config.arch_kwargs, teacher.spec, len(teacher.classes)),
+        twin_reused=twin_reused,
+    )
+    write_json(student_dir / REPORT_FILE, {**result.to_dict(), **distillation.to_metadata()})
+    _print_result(result, teacher.metadata["arch"], config.model, len(test), console)
+    return result
+
+
+def _print_result(
+    result: DistillResult, teacher_arch: str, student: str, images: int, console: Console
+) -> None:
+    table = Table(title=f"Distillation on {images} test images", title_justify="left", box=box.SIMPLE_HEAD)
+    for column in ("model", "run", "test accuracy", "MACs"):
+        table.add_column(column, justify="right" if column in ("test accuracy", "MACs") else "left")
+    table.add_row(
+        f"teacher ({teacher_arch})", "-", f"{result.teacher_accuracy:.2%}", f"{result.teacher_macs:,}"
+    )
+    table.add_row(
+        f"student ({student}) + teacher",
+        str(result.student_dir),
+        f"{result.student_accuracy:.2%}",
+        f"{result.student_macs:,}",
+    )
+    table.add_row(
+        f"student ({student}) alone",
+        str(result.twin_dir) + (" (reused)" if result.twin_reused else ""),
+        f"{result.twin_accuracy:.2%}",
+        f"{result.student_macs:,}",
+    )
+    console.print(table)
+    console.print(
+        f"Distillation gain: [bold]{result.gain_points:+.2f}[/] points over the no-teacher twin; "
+        f"{result.teacher_macs / result.student_macs:.1f}x fewer MACs than the teacher, "
+        f"{(result.teacher_accuracy - result.student_accuracy) * 100:.2f} points below it. "
+        f"Export the student with: slimserve export {result.student_dir}"
+    )
