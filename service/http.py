@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import bentoml
 import numpy as np
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -131,8 +132,6 @@ def _endpoint(route: str, handler: Handler) -> Callable[[Request], Awaitable[JSO
     """Shared envelope: find the service, time the request, count it, map errors to JSON."""
 
     async def endpoint(request: Request) -> JSONResponse:
-        import bentoml
-
         service = bentoml.get_current_service()
         start = time.perf_counter()
         request.state.start = start

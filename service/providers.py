@@ -19,7 +19,7 @@ CHOICES = {"tensorrt": [TENSORRT, CUDA, CPU], "cuda": [CUDA, CPU], "cpu": [CPU]}
 GPU_INSTALL_HINT = (
     "install the CUDA 13 runtime next to onnxruntime-gpu "
     "(pip install 'onnxruntime-gpu[cuda,cudnn]' nvidia-cublas) on a host with an NVIDIA driver >= 580; "
-    "TensorRT also needs 'pip install tensorrt-cu13'"
+    "TensorRT also needs its own libraries (pip install 'tensorrt-cu13>=10.13,<11', folder on LD_LIBRARY_PATH)"
 )
 
 logger = logging.getLogger("slimserve.service")

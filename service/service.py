@@ -150,6 +150,8 @@ def _model_seconds(variant: LoadedVariant) -> float:
     return statistics.median(times)
 
 
+# Model references at class scope (BentoML reads them when the class is decorated, and a
+# Bento packs exactly these); the variant set comes from the store, hence setattr.
 for _name, _tag in TAGS.items():
     setattr(Slimserve, model_attribute(_name), bentoml.models.BentoModel(_tag))
 

@@ -525,3 +525,16 @@ def test_bentoml_build_references_the_models_and_writes_a_gpu_ready_dockerfile(b
         names = tar.getnames()
     assert f"./models/{BUNDLE}-fp32/v1/fp32/model.onnx" in names
     assert f"./models/{BUNDLE}-fp32/v1/manifest.json" in names
+
+
+def test_serve_cli_strict_refuses_a_silent_cuda_fallback(bundle):
+    env = {**os.environ, "SLIMSERVE_BUNDLE": BUNDLE, "SLIMSERVE_VARIANTS": "fp32"}
+    result = subprocess.run(
+        [sys.executable, "-m", "slimserve.cli", "serve", "--providers", "cuda", "--strict", "--port", "1"],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        "slimserve serve: error: strict mode: svc-cnn-fp32:v1: asked ONNX Runtime for CUDA"
+    )
