@@ -32,7 +32,7 @@ class _Parser(argparse.ArgumentParser):
 def _demo(args: argparse.Namespace) -> None:
     from slimserve.demo import run_demo
 
-    run_demo(Path(args.workdir), limit=args.limit)
+    run_demo(Path(args.workdir), limit=args.limit, serve=args.serve, port=args.port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,13 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        help="the end-to-end job on Fashion-MNIST with the fast recipe",
-        description="Train the default CNN on Fashion-MNIST with the fast recipe and evaluate it.",
+        help="the end-to-end job on Fashion-MNIST: train, evaluate, export, benchmark, serve",
+        description="Train the default CNN on Fashion-MNIST with the fast recipe, evaluate it, export "
+        "every compressed variant, benchmark them in-process, then serve the bundle over HTTP.",
     )
     demo.add_argument(
         "--workdir", default="slimserve-demo", help="where outputs go (default: ./slimserve-demo)"
     )
     demo.add_argument("--limit", type=positive_int, help="use at most N images (a smoke run)")
+    demo.add_argument(
+        "--serve", action=argparse.BooleanOptionalAction, default=True, help="end by serving the bundle (on)"
+    )
+    demo.add_argument("--port", type=positive_int, default=3000, help="service port (default: 3000)")
     demo.set_defaults(handler=_demo)
     return parser
 
