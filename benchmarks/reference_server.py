@@ -45,6 +45,8 @@ def create_app() -> Starlette:
     options = ort.SessionOptions()
     options.intra_op_num_threads = int(threads)  # the service's threads per worker
     options.inter_op_num_threads = 1
+    # As the service does: spinning pool threads would take the core from the event loop.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
     preprocess = Preprocessor(manifest.spec)
