@@ -3,28 +3,7 @@
 import argparse
 from pathlib import Path
 
-from slimserve.cli_types import positive_float, positive_int
-
-
-def int_list(text: str) -> tuple[int, ...]:
-    """``1,8,32`` -> (1, 8, 32); each a positive whole number."""
-    try:
-        values = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive whole numbers, got {text!r}")
-    return tuple(sorted(set(values)))
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+from slimserve.cli_types import int_list, non_negative_int, positive_float, positive_int
 
 
 def _models(args: argparse.Namespace) -> None:

@@ -3,29 +3,9 @@
 import argparse
 from pathlib import Path
 
-from slimserve.cli_types import positive_float, positive_int
+from slimserve.cli_types import positive_float, positive_int, share, share_or_bound
 
 VARIANT_NAMES = ("fp32", "int8", "pruned", "pruned-int8", "sparse")
-
-
-def share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {value}")
-    return value
-
-
-def share_or_bound(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
-    return value
 
 
 def _variant_list(text: str) -> list[str]:

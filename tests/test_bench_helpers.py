@@ -2,10 +2,10 @@
 
 import pytest
 
-from benchmarks.cli import int_list
 from benchmarks.machine import ZEN4, machine_info, peak_ops_per_s, physical_cores, share_of_peak, vector_units
 from benchmarks.selection import pareto_front, recommend
 from benchmarks.stats import latency_summary, percentiles
+from slimserve.cli_types import int_list
 
 
 def test_percentiles_match_linear_interpolation():
