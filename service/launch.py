@@ -96,8 +96,16 @@ def print_banner(console: Console, url: str, models: dict, cold_start: float) ->
     console.print(f"  curl {url}/models   |   {url}/metrics   |   {url}/readyz", soft_wrap=True)
 
 
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def serve(config: ServeConfig, host: str = "0.0.0.0", ready_timeout: float = 120) -> None:
     console = Console()
+    # A supervisor (systemd, a container runtime, a script) stops us with SIGTERM, whose
+    # default action would kill this process alone and orphan the BentoML server: take the
+    # same clean shutdown path as Ctrl-C instead.
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     tags = preflight(config)
     console.print(f"loading {', '.join(tags.values())} ({config.backend}, providers={config.providers})")
     url = f"http://{'localhost' if host in ('0.0.0.0', '::') else host}:{config.port}"
