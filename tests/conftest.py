@@ -5,7 +5,13 @@ package the README's test command installs; when it is missing the tests fail wi
 fix, they do not skip.
 """
 
+import contextlib
 import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -61,3 +67,45 @@ def tiny_mlp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_resnet_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _train_tiny(tmp_path_factory.mktemp("runs") / "resnet", "resnet", 2000, 1, depth=8, width=8)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_subprocess(log: Path, env: dict[str, str]) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`slimserve serve` with one worker on a free loopback port, from its start-up banner
+    until the block ends; then Ctrl-C, as a user would stop it."""
+    port = free_port()
+    command = ["slimserve", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            command,
+            env={**os.environ, "COLUMNS": "200", **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while "Try:" not in log.read_text():
+            assert process.poll() is None, f"slimserve serve exited:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"not ready in 120 s:\n{log.read_text()}"
+            time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}", process
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def start_server():
+    """The `serve_subprocess` context manager, for module-scoped server fixtures."""
+    return serve_subprocess

@@ -1,11 +1,7 @@
 """`slimserve bench http` against a real `slimserve serve` on loopback, with a small bounded load."""
 
 import json
-import os
-import signal
 import socket
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -27,7 +23,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def served(tiny_cnn_run: Path, tmp_path_factory: pytest.TempPathFactory):
+def served(tiny_cnn_run: Path, tmp_path_factory: pytest.TempPathFactory, start_server):
     """The tiny CNN exported, registered and served by `slimserve serve` (one worker)."""
     from export.pipeline import export_bundle
 
@@ -35,28 +31,9 @@ def served(tiny_cnn_run: Path, tmp_path_factory: pytest.TempPathFactory):
         tiny_cnn_run, out=tmp_path_factory.mktemp("bundles"), name=BUNDLE, version="v1", variants=["fp32"],
         limit=200, register=True, console=Console(quiet=True),
     )  # fmt: skip
-    port = _free_port()
     log = tmp_path_factory.mktemp("server") / "serve.log"
-    env = {**os.environ, "SLIMSERVE_BUNDLE": BUNDLE, "COLUMNS": "200"}
-    command = ["slimserve", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    with open(log, "w") as out:
-        process = subprocess.Popen(
-            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        deadline = time.monotonic() + 120
-        while "Try:" not in log.read_text():
-            assert process.poll() is None, f"slimserve serve exited:\n{log.read_text()}"
-            assert time.monotonic() < deadline, f"not ready in 120 s:\n{log.read_text()}"
-            time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    with start_server(log, {"SLIMSERVE_BUNDLE": BUNDLE}) as (url, _process):
+        yield url
 
 
 @pytest.mark.http

@@ -11,8 +11,6 @@ import io
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -91,12 +89,6 @@ def bundle(tiny_cnn_run: Path, tmp_path_factory: pytest.TempPathFactory):
     return manifest
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _descendants(pid: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
@@ -121,31 +113,11 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(bundle, tmp_path_factory: pytest.TempPathFactory):
-    port = _free_port()
+def server(bundle, tmp_path_factory: pytest.TempPathFactory, start_server):
     log = tmp_path_factory.mktemp("server") / "serve.log"
-    env = {**os.environ, **LIMITS, "SLIMSERVE_BUNDLE": BUNDLE, "COLUMNS": "200"}
-    command = ["slimserve", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     start = time.perf_counter()
-    with open(log, "w") as out:
-        process = subprocess.Popen(
-            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while "Try:" not in log.read_text():
-            assert process.poll() is None, f"slimserve serve exited:\n{log.read_text()}"
-            assert time.monotonic() < deadline, f"not ready in 120 s:\n{log.read_text()}"
-            time.sleep(0.2)
+    with start_server(log, {**LIMITS, "SLIMSERVE_BUNDLE": BUNDLE}) as (url, process):
         yield Server(url, process, log, time.perf_counter() - start)
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 @pytest.fixture(scope="module")
