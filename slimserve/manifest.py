@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from slimserve.documents import check_document, parse_json_file
 from slimserve.errors import SlimserveError
 from slimserve.hashing import verify_sha256
 from slimserve.spec import PreprocessSpec
@@ -128,15 +129,7 @@ REQUIRED = ("schema_version", "name", "version", "preprocess", "classes", "varia
 
 def validate_manifest(data: Any, source: str) -> dict[str, Any]:
     """Structural checks with one-line errors; returns the data unchanged."""
-    if not isinstance(data, dict):
-        raise SlimserveError(f"{source} is malformed: expected a JSON object")
-    missing = [key for key in REQUIRED if key not in data]
-    if missing:
-        raise SlimserveError(f"{source} is malformed: missing {', '.join(missing)}")
-    if data["schema_version"] != SCHEMA_VERSION:
-        raise SlimserveError(
-            f"{source}: manifest schema {data['schema_version']} is not supported (expected {SCHEMA_VERSION})"
-        )
+    check_document(data, source, REQUIRED, SCHEMA_VERSION)
     check_name("bundle", str(data["name"]))
     check_name("version", str(data["version"]))
     PreprocessSpec.from_dict(data["preprocess"])
@@ -161,11 +154,7 @@ def read_manifest(bundle_dir: str | Path) -> Manifest:
     path = bundle_dir / MANIFEST_FILE
     if not path.is_file():
         raise SlimserveError(f"{bundle_dir} is not a slimserve bundle: {MANIFEST_FILE} is missing")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SlimserveError(f"{path} is malformed: not valid JSON ({exc})") from None
-    return Manifest(validate_manifest(data, str(path)), bundle_dir)
+    return Manifest(validate_manifest(parse_json_file(path), str(path)), bundle_dir)
 
 
 def write_manifest(bundle_dir: Path, data: dict[str, Any]) -> Path:

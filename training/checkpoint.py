@@ -24,6 +24,7 @@ import torchvision
 from torch import nn
 
 import slimserve
+from slimserve.documents import check_document, parse_json_file
 from slimserve.errors import SlimserveError
 from slimserve.hashing import sha256_file, verify_sha256
 from slimserve.spec import PreprocessSpec
@@ -137,20 +138,7 @@ def read_metadata(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / METADATA_FILE
     if not path.is_file():
         raise SlimserveError(f"{run_dir} is not a slimserve run folder: {METADATA_FILE} is missing")
-    try:
-        metadata = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SlimserveError(f"{path} is malformed: not valid JSON ({exc})") from None
-    if not isinstance(metadata, dict):
-        raise SlimserveError(f"{path} is malformed: expected a JSON object")
-    missing = [key for key in REQUIRED_KEYS if key not in metadata]
-    if missing:
-        raise SlimserveError(f"{path} is malformed: missing {', '.join(missing)}")
-    if metadata["schema_version"] != SCHEMA_VERSION:
-        raise SlimserveError(
-            f"{path}: schema version {metadata['schema_version']} is not supported "
-            f"(this slimserve reads version {SCHEMA_VERSION})"
-        )
+    metadata = check_document(parse_json_file(path), str(path), REQUIRED_KEYS, SCHEMA_VERSION)
     if Path(metadata["weights_file"]).name != metadata["weights_file"]:
         raise SlimserveError(f"{path} is malformed: weights_file must be a plain file name")
     PreprocessSpec.from_dict(metadata["preprocess"])  # validates the spec
