@@ -127,7 +127,7 @@ def distill(
         console.print(f"Reusing the no-teacher twin in {twin_dir} (same config and seed)")
     else:
         console.print(f"Training the no-teacher twin into {twin_dir} (same config and seed)")
-        twin_accuracy = train(config, twin_dir, overwrite=True, console=console).best_accuracy
+        twin_accuracy = train(config, twin_dir, overwrite=True, console=console).accuracy
 
     data = load_data(
         config.dataset,
@@ -141,7 +141,7 @@ def distill(
         student_dir=student_dir,
         twin_dir=twin_dir,
         teacher_accuracy=teacher_accuracy,
-        student_accuracy=student.best_accuracy,
+        student_accuracy=student.accuracy,
         twin_accuracy=twin_accuracy,
         teacher_macs=_macs(
             teacher.metadata["arch"], teacher.metadata["arch_kwargs"], teacher.spec, len(teacher.classes)

@@ -170,7 +170,7 @@ def test_same_seed_gives_same_weights(tmp_path):
     config = TrainConfig.from_recipe("mlp", "fast", epochs=2, limit=600, arch_kwargs={"hidden": [32]})
     first = train(config, tmp_path / "first", console=QUIET)
     second = train(config, tmp_path / "second", console=QUIET)
-    assert first.best_accuracy == second.best_accuracy
+    assert first.accuracy == second.accuracy
     a = safetensors.torch.load_file(str(tmp_path / "first" / WEIGHTS_FILE))
     b = safetensors.torch.load_file(str(tmp_path / "second" / WEIGHTS_FILE))
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -1,6 +1,6 @@
 """Self-describing checkpoints: safetensors weights plus a versioned JSON metadata file.
 
-A run folder holds ``model.safetensors`` (the best weights, no pickle) and
+A run folder holds ``model.safetensors`` (the last epoch's weights, no pickle) and
 ``metadata.json`` (schema below). Loading reads the metadata, verifies the weights'
 sha256, rebuilds the model from ``arch`` + ``arch_kwargs`` and loads the weights
 strictly. Files are written to a temporary name and moved into place, so a crash never
