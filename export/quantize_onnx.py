@@ -26,7 +26,7 @@ from onnxruntime.quantization import (
 )
 
 from export.data import ImageSet
-from export.formats import INPUT_NAME
+from export.formats import INPUT_NAME, compact_onnx
 
 METHODS = {
     "minmax": CalibrationMethod.MinMax,
@@ -94,6 +94,7 @@ class OnnxQuantizer:
             extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
             calibration_cache_path=self.work_dir / f"calibration-{method}.json",
         )
+        compact_onnx(out)
         return out
 
 

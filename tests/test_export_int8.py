@@ -76,9 +76,15 @@ def test_mlp_int8_uses_dynamic_quantization_and_tensorrt_signedness(tiny_mlp_run
     graph = str(torch.jit.load(str(_file(manifest, "int8", "torchscript"))).inlined_graph)
     assert "quantized::linear_dynamic" in graph
     model = onnx.load(str(_file(manifest, "int8", "onnx")))
+    zero_point_names = {
+        node.input[2] for node in model.graph.node if node.op_type in ("QuantizeLinear", "DequantizeLinear")
+    }
+    initializers = {t.name: t for t in model.graph.initializer}
     zero_points = [
-        t for t in model.graph.initializer if t.name.endswith("zero_point") and "bias" not in t.name
-    ]
+        initializers[name]
+        for name in zero_point_names
+        if initializers[name].data_type != onnx.TensorProto.INT32
+    ]  # int32 zero points belong to the biases
     assert zero_points
     for tensor in zero_points:  # symmetric int8 activations and weights, as TensorRT requires
         assert tensor.data_type == onnx.TensorProto.INT8
