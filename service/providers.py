@@ -7,7 +7,9 @@ warning and shows in the model list, or, in strict mode, a refusal to start.
 """
 
 import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from slimserve.errors import SlimserveError
 
@@ -25,9 +27,27 @@ GPU_INSTALL_HINT = (
 logger = logging.getLogger("slimserve.service")
 
 
-def requested_providers(choice: str, available: list[str]) -> list[str]:
-    """Providers to request, best first; ``auto`` takes TensorRT > CUDA > CPU as available."""
+def nvidia_gpu_visible(dev: Path = Path("/dev")) -> bool:
+    """Whether this process can see an NVIDIA GPU, judged without loading any CUDA library.
+
+    onnxruntime-gpu lists the CUDA and TensorRT providers on every machine; asking for them
+    where no GPU exists makes ONNX Runtime try to load them and print its own errors before
+    it falls back. The driver's device nodes (``/dev/nvidia0``..., or ``/dev/dxg`` under
+    WSL2) are what every CUDA process opens, and container runtimes only pass them in when
+    a GPU is attached; ``CUDA_VISIBLE_DEVICES`` set to empty or -1 hides GPUs on purpose.
+    """
+    if os.environ.get("CUDA_VISIBLE_DEVICES") in ("", "-1"):
+        return False
+    return any(dev.glob("nvidia[0-9]*")) or (dev / "dxg").exists()
+
+
+def requested_providers(choice: str, available: list[str], gpu_visible: bool | None = None) -> list[str]:
+    """Providers to request, best first; ``auto`` takes TensorRT > CUDA > CPU as available,
+    and only CPU when no GPU is visible. Explicit choices are honoured either way, so a
+    missing GPU then shows up as a reported (or, when strict, refused) fallback."""
     if choice == "auto":
+        if not (nvidia_gpu_visible() if gpu_visible is None else gpu_visible):
+            return [CPU]
         return [p for p in PREFERENCE if p in available] or [CPU]
     wanted = CHOICES[choice]
     if wanted[0] not in available:

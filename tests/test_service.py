@@ -30,7 +30,7 @@ from export.registry import register_bundle
 from export.variants import BUILDERS
 from service.backends import OnnxBackend, TorchScriptBackend
 from service.config import ServeConfig
-from service.providers import CPU, CUDA, TENSORRT, requested_providers
+from service.providers import CPU, CUDA, TENSORRT, nvidia_gpu_visible, requested_providers
 from service.store import load_variant
 from slimserve.errors import SlimserveError
 from slimserve.hashing import sha256_file
@@ -220,10 +220,11 @@ def test_variant_selection_and_model_list(server, bundle, sample_png):
     fp32 = described["fp32"]
     assert fp32["manifest"]["variants"]["fp32"]["files"] == bundle.data["variants"]["fp32"]["files"]
     assert fp32["tag"] == f"{BUNDLE}-fp32:v1"
-    # onnxruntime-gpu lists TensorRT and CUDA here but there is no GPU: the silent
-    # fallback ONNX Runtime does is reported as what it is.
-    assert fp32["requested"][0] == TENSORRT
-    assert fp32["active"] == [CPU] and fp32["provider"] == CPU and fp32["fell_back"] is True
+    # onnxruntime-gpu lists TensorRT and CUDA on every machine; auto asks for them only where
+    # a GPU is visible, and the model list says what was asked for and what runs.
+    expected = [TENSORRT, CUDA, CPU] if nvidia_gpu_visible() else [CPU]
+    assert fp32["requested"] == expected and fp32["provider"] == fp32["active"][0]
+    assert fp32["fell_back"] is (fp32["active"] != expected)
     assert listing["torch_imported"] is False
 
 
@@ -403,13 +404,29 @@ def test_config_from_environment_round_trips_and_rejects_bad_values():
 
 def test_provider_preference_and_explicit_choices():
     everything = [TENSORRT, CUDA, CPU]
-    assert requested_providers("auto", everything) == everything
-    assert requested_providers("auto", [CUDA, CPU]) == [CUDA, CPU]
-    assert requested_providers("auto", [CPU]) == [CPU]
+    assert requested_providers("auto", everything, gpu_visible=True) == everything
+    assert requested_providers("auto", [CUDA, CPU], gpu_visible=True) == [CUDA, CPU]
+    assert requested_providers("auto", [CPU], gpu_visible=True) == [CPU]
+    assert requested_providers("auto", everything, gpu_visible=False) == [CPU]
     assert requested_providers("cpu", everything) == [CPU]
     assert requested_providers("cuda", everything) == [CUDA, CPU]
     with pytest.raises(SlimserveError, match="no CUDAExecutionProvider"):
         requested_providers("cuda", [CPU])
+
+
+def test_gpu_visibility_follows_device_nodes_and_cuda_visible_devices(tmp_path, monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    (tmp_path / "nvidiactl").touch()  # the control node alone: driver installed, no GPU passed in
+    assert not nvidia_gpu_visible(tmp_path)
+    (tmp_path / "nvidia0").touch()
+    assert nvidia_gpu_visible(tmp_path)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    assert not nvidia_gpu_visible(tmp_path)
+    wsl = tmp_path / "wsl"
+    wsl.mkdir()
+    (wsl / "dxg").touch()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    assert nvidia_gpu_visible(wsl)
 
 
 def test_silent_cuda_fallback_is_detected_and_strict_refuses(bundle):
