@@ -21,6 +21,7 @@ from torch import nn
 
 from export.checks import PARITY_IMAGES, Parity, accuracy, agreement, parity, predict
 from export.data import ImageSet
+from export.failures import export_step
 from export.formats import (
     eager_runner,
     example_batch,
@@ -34,6 +35,10 @@ from slimserve.manifest import FILE_NAMES
 from slimserve.spec import PreprocessSpec
 from training.datasets import LoadedData
 from training.tensors import ImageTensors
+
+TORCHSCRIPT_STEP = "TorchScript tracing (torch.jit.trace + freeze)"
+# What loads and runs each format when parity and accuracy are measured.
+RUNTIMES = {"onnx": "ONNX Runtime", "torchscript": "the TorchScript runtime"}
 
 
 class VariantFailed(SlimserveError):
@@ -102,7 +107,7 @@ class ExportContext:
 
 def macs_and_params(model: nn.Module, spec: PreprocessSpec) -> tuple[int, int]:
     """Per image, counted by torch-pruning on a float copy of the architecture."""
-    with torch.no_grad():
+    with export_step("MAC counting (torch-pruning)", model=model), torch.no_grad():
         macs, params = tp.utils.count_ops_and_params(model.eval(), example_batch(spec.input_shape, batch=1))
     return int(macs), int(params)
 
@@ -136,14 +141,15 @@ def finish_variant(ctx: ExportContext, name: str, artifacts: list[Artifact], **e
     accuracies: dict[str, float] = {}
     agreements: dict[str, float] = {}
     for artifact in artifacts:
-        run = runner_for(artifact.format, artifact.path)
-        check = parity(
-            artifact.reference, predict(run, ctx.parity_set.images), artifact.reference_name, artifact.strict
-        )
+        with export_step(RUNTIMES[artifact.format], artifact.format):
+            run = runner_for(artifact.format, artifact.path)
+            outputs = predict(run, ctx.parity_set.images)
+        check = parity(artifact.reference, outputs, artifact.reference_name, artifact.strict)
         if not check.passed:
             raise VariantFailed(f"{name} {artifact.format} parity failed: {check.describe()}")
         checks[artifact.format] = check
-        logits = predict(run, ctx.eval_set.images)
+        with export_step(RUNTIMES[artifact.format], artifact.format):
+            logits = predict(run, ctx.eval_set.images)
         accuracies[artifact.format] = accuracy(logits, ctx.eval_set)
         agreements[artifact.format] = agreement(logits.argmax(1), ctx.fp32_predictions)
     # The service defaults to ONNX, so its numbers are the variant's headline numbers.
@@ -167,8 +173,10 @@ def export_float(ctx: ExportContext, name: str, model: nn.Module) -> list[Artifa
     folder.mkdir(parents=True, exist_ok=True)
     reference = predict(eager_runner(model), ctx.parity_set.images)
     ts_path, onnx_path = folder / FILE_NAMES["torchscript"], folder / FILE_NAMES["onnx"]
-    write_torchscript(model, ctx.example(), ts_path)
-    write_onnx(model, ctx.example(), onnx_path)
+    with export_step(TORCHSCRIPT_STEP, "torchscript", model):
+        write_torchscript(model, ctx.example(), ts_path)
+    with export_step("the ONNX exporter (torch.onnx.export, dynamo)", "onnx", model):
+        write_onnx(model, ctx.example(), onnx_path)
     return [
         Artifact("onnx", onnx_path, reference, f"{name} eager fp32", strict=True),
         Artifact("torchscript", ts_path, reference, f"{name} eager fp32", strict=True),

@@ -14,9 +14,17 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from export.building import Artifact, ExportContext, VariantFailed, finish_variant, macs_and_params
+from export.building import (
+    TORCHSCRIPT_STEP,
+    Artifact,
+    ExportContext,
+    VariantFailed,
+    finish_variant,
+    macs_and_params,
+)
 from export.checks import accuracy, predict
-from export.formats import check_onnx, eager_runner, onnx_runner, write_torchscript
+from export.failures import export_step
+from export.formats import Runner, check_onnx, eager_runner, onnx_runner, write_torchscript
 from export.int8_search import BudgetMissed, fit_budget
 from export.quantize_onnx import METHODS, OnnxQuantizer, op_counts
 from export.quantize_torch import is_linear_only, quantizable_layers, quantize_model
@@ -25,6 +33,7 @@ from slimserve.manifest import FILE_NAMES
 # Sensitivity ranking runs one quantization per layer: a slice of the calibration set is
 # enough to order layers by the error they add.
 SENSITIVITY_IMAGES = 128
+ORT_STEP = "ONNX Runtime INT8 quantization (quantize_static)"
 
 
 def _mse(a: np.ndarray, b: np.ndarray) -> float:
@@ -42,16 +51,20 @@ def _onnx_int8(ctx: ExportContext, float_onnx: Path, out: Path, float_accuracy: 
         return accuracy(predict(run, ctx.eval_set.images), ctx.eval_set)
 
     with tempfile.TemporaryDirectory(prefix="slimserve-int8-") as work:
-        quantizer = OnnxQuantizer(float_onnx, calibration, settings.int8_target, Path(work))
+        with export_step(ORT_STEP, "onnx"):
+            quantizer = OnnxQuantizer(float_onnx, calibration, settings.int8_target, Path(work))
+
+        def quantized(path: Path, method: str, **layers: tuple[str, ...]) -> Runner:
+            with export_step(ORT_STEP, "onnx"):
+                return onnx_runner(quantizer.quantize(path, method, **layers))
 
         def sensitivity(method: str, layer: str) -> float:
-            probe_file = quantizer.quantize(Path(work) / "probe.onnx", method, only=(layer,))
-            return _mse(predict(onnx_runner(probe_file), probe), float_probe)
+            return _mse(
+                predict(quantized(Path(work) / "probe.onnx", method, only=(layer,)), probe), float_probe
+            )
 
         attempts = fit_budget(
-            build=lambda method, fp32_layers: onnx_runner(
-                quantizer.quantize(out, method, exclude=fp32_layers)
-            ),
+            build=lambda method, fp32_layers: quantized(out, method, exclude=fp32_layers),
             evaluate=evaluate,
             sensitivity=sensitivity,
             methods=methods,
@@ -138,7 +151,8 @@ def quantized_variant(ctx: ExportContext, name: str, float_name: str) -> dict[st
     except BudgetMissed as exc:
         skipped["torchscript"] = str(exc)
     else:
-        write_torchscript(quantized, ctx.example(), ts_path)
+        with export_step(TORCHSCRIPT_STEP, "torchscript", quantized):
+            write_torchscript(quantized, ctx.example(), ts_path)
         reference = predict(eager_runner(quantized), ctx.parity_set.images)
         artifacts.append(Artifact("torchscript", ts_path, reference, f"{name} eager int8", strict=True))
     macs, params = macs_and_params(model, ctx.spec)

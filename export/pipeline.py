@@ -3,8 +3,9 @@
 The parent checkpoint is verified and evaluated in fp32 first; that evaluation is the
 reference every variant's accuracy drop and top-1 agreement are measured against. Each
 variant is built independently: one that fails (an unsupported layer, a parity miss, an
-accuracy budget it cannot meet) is recorded under ``failed`` with the reason and the
-others are still written.
+accuracy budget it cannot meet) is recorded under ``failed`` with a one-line reason that
+names the step, the format and the layer (see ``export.failures``), and the others are
+still written.
 """
 
 import functools
@@ -16,10 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from export.building import ExportContext, ExportSettings
 from export.checks import accuracy, predict
 from export.data import checkpoint_data, image_set
+from export.failures import describe_failure
 from export.formats import eager_runner, quiet_torch_deprecations
 from export.report import print_report
 from export.variants import BUILDERS
@@ -123,21 +126,22 @@ def export_bundle(
         fp32_predictions=fp32_logits.argmax(1),
     )
     entries: dict[str, dict[str, Any]] = {}
-    failed: dict[str, str] = {}
+    failed: dict[str, dict[str, Any]] = {}
     torch.manual_seed(settings.seed)
     for variant in selected:
         console.print(f"  {variant}: building…")
         try:
             entries[variant] = BUILDERS[variant](ctx)
         except Exception as exc:  # one variant's failure must not stop the others
-            failed[variant] = _reason(exc)
+            failed[variant] = describe_failure(variant, exc, checkpoint.model)
             shutil.rmtree(bundle_dir / variant, ignore_errors=True)
         if variant in entries:
             console.print(f"  {variant}: ok")
         else:
-            console.print(f"  [red]{variant}: failed[/] - {failed[variant]}")
+            console.print(f"  [red]{variant}: failed[/] - {escape(failed[variant]['reason'])}")
     if not entries:
-        raise SlimserveError(f"no variant could be exported: {failed}")
+        reasons = "; ".join(entry["reason"] for entry in failed.values())
+        raise SlimserveError(f"no variant could be exported: {reasons}")
 
     manifest_data = {
         "schema_version": SCHEMA_VERSION,
@@ -176,15 +180,6 @@ def register_variants(manifest: Manifest) -> list[str]:
     from export.registry import register_bundle
 
     return register_bundle(manifest)
-
-
-def _reason(exc: Exception) -> str:
-    """One line: the message of a SlimserveError, or the type and first line of anything else
-    (exporters name the offending layer or operator there)."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    if isinstance(exc, SlimserveError):
-        return text
-    return f"{type(exc).__name__}: {text}"[:500]
 
 
 def _export_versions() -> dict[str, str]:

@@ -19,6 +19,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 from torch.nn.utils import prune
 
+from export.failures import export_step
 from slimserve.errors import SlimserveError
 from training.datasets import LoadedData
 from training.tensors import ImageTensors
@@ -34,6 +35,7 @@ MAX_CHANNEL_RATIO = 0.9
 # than the unpruned int8 model (5,073 vs 7,642 images/s at batch 64).
 ROUND_CHANNELS_TO = 8
 FINETUNE_BATCH = 128
+PRUNE_STEP = "structured pruning (torch-pruning)"
 
 
 def _classifier(model: nn.Module) -> nn.Module:
@@ -49,23 +51,24 @@ def _prune_to_target(
 ) -> tuple[nn.Module, int, int, int] | None:
     """Prune a copy step by step until the MAC target is met; None if it cannot be met."""
     model = copy.deepcopy(model).eval()
-    base_macs, _ = tp.utils.count_ops_and_params(model, example)
-    pruner = tp.pruner.MetaPruner(
-        model,
-        example,
-        importance=tp.importance.GroupMagnitudeImportance(p=2),
-        pruning_ratio=MAX_CHANNEL_RATIO,
-        iterative_steps=PRUNE_STEPS,
-        ignored_layers=[_classifier(model)],
-        round_to=round_to,
-    )
-    macs, params, steps = base_macs, 0, 0
-    while macs > base_macs * (1 - mac_reduction):
-        if steps == PRUNE_STEPS:
-            return None
-        pruner.step()
-        steps += 1
-        macs, params = tp.utils.count_ops_and_params(model, example)
+    with export_step(PRUNE_STEP, model=model):
+        base_macs, _ = tp.utils.count_ops_and_params(model, example)
+        pruner = tp.pruner.MetaPruner(
+            model,
+            example,
+            importance=tp.importance.GroupMagnitudeImportance(p=2),
+            pruning_ratio=MAX_CHANNEL_RATIO,
+            iterative_steps=PRUNE_STEPS,
+            ignored_layers=[_classifier(model)],
+            round_to=round_to,
+        )
+        macs, params, steps = base_macs, 0, 0
+        while macs > base_macs * (1 - mac_reduction):
+            if steps == PRUNE_STEPS:
+                return None
+            pruner.step()
+            steps += 1
+            macs, params = tp.utils.count_ops_and_params(model, example)
     return model, int(macs), int(params), steps
 
 
@@ -76,7 +79,8 @@ def structured_prune(model: nn.Module, example: torch.Tensor, mac_reduction: flo
     a model too narrow for that (8 channels cannot lose any and stay a multiple of 8)
     is pruned to exact widths instead, and the manifest says which.
     """
-    base_macs, base_params = tp.utils.count_ops_and_params(model.eval(), example)
+    with export_step(PRUNE_STEP, model=model):
+        base_macs, base_params = tp.utils.count_ops_and_params(model.eval(), example)
     for round_to in (ROUND_CHANNELS_TO, None):
         result = _prune_to_target(model, example, mac_reduction, round_to)
         if result is not None:

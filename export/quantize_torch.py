@@ -15,9 +15,12 @@ from torch import nn
 from torch.ao.quantization import QConfigMapping, default_dynamic_qconfig, get_default_qconfig_mapping
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
+from export.failures import export_step
 from export.formats import quiet_torch_deprecations
 
 ENGINE = "x86"
+FX_STEP = "PyTorch INT8 quantization (torch.ao FX graph mode)"
+DYNAMIC_STEP = "PyTorch dynamic INT8 quantization (torch.ao quantize_dynamic)"
 CALIBRATION_BATCH = 64
 
 
@@ -47,16 +50,19 @@ def quantize_model(
     exclude: tuple[str, ...] = (),
     only: tuple[str, ...] | None = None,
 ) -> nn.Module:
-    """An eager INT8 copy of ``model``; layers in ``exclude`` (or not in ``only``) stay fp32."""
+    """An eager INT8 copy of ``model``; layers in ``exclude`` (or not in ``only``) stay fp32.
+
+    A failure names the step and the copy the library saw, so the layer can be found.
+    """
+    work = copy.deepcopy(model).eval()
     with quiet_torch_deprecations(), x86_engine(), torch.no_grad():
         if is_linear_only(model):
             layers = [
                 n for n in quantizable_layers(model) if n not in exclude and (only is None or n in only)
             ]
             spec = {name: default_dynamic_qconfig for name in layers}
-            return torch.ao.quantization.quantize_dynamic(
-                copy.deepcopy(model).eval(), spec, dtype=torch.qint8
-            )
+            with export_step(DYNAMIC_STEP, "torchscript", work):
+                return torch.ao.quantization.quantize_dynamic(work, spec, dtype=torch.qint8, inplace=True)
         if only is None:  # everything, including adds and pools, except the excluded layers
             mapping = get_default_qconfig_mapping(ENGINE)
             for name in exclude:
@@ -66,7 +72,8 @@ def quantize_model(
             for name in only:
                 mapping.set_module_name(name, get_default_qconfig_mapping(ENGINE).global_qconfig)
         example = torch.from_numpy(calibration[:2])
-        prepared = prepare_fx(copy.deepcopy(model).eval(), mapping, (example,))
-        for start in range(0, len(calibration), CALIBRATION_BATCH):
-            prepared(torch.from_numpy(calibration[start : start + CALIBRATION_BATCH]))
-        return convert_fx(prepared)
+        with export_step(FX_STEP, "torchscript", work):
+            prepared = prepare_fx(work, mapping, (example,))
+            for start in range(0, len(calibration), CALIBRATION_BATCH):
+                prepared(torch.from_numpy(calibration[start : start + CALIBRATION_BATCH]))
+            return convert_fx(prepared)

@@ -1,7 +1,11 @@
-"""The comparison table `slimserve export` prints: one row per variant, fp32 first."""
+"""The comparison table `slimserve export` prints: one row per variant, fp32 first, then
+one row per failed variant naming the format, step and layer it failed on."""
+
+from typing import Any
 
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from slimserve.manifest import Manifest
@@ -63,6 +67,25 @@ def print_report(manifest: Manifest, console: Console) -> None:
     for name, entry in data["variants"].items():
         if entry.get("notes"):
             console.print(f"[bold]{name}[/]: {entry['notes']}")
-    for name, reason in data.get("failed", {}).items():
-        console.print(f"[red]{name} failed:[/] {reason}")
+    if manifest.failed:
+        console.print(_failures_table(manifest.failed))
     console.print(f"Bundle: [bold]{manifest.bundle_dir}[/]")
+
+
+def _layer(entry: dict[str, Any]) -> str:
+    op = f" op {entry['op']}" if entry.get("op") else ""
+    if entry.get("layer") is None:
+        return ("not identified" + op) if entry.get("step") else "-"
+    return f"{entry['layer'] or '(model)'} ({entry['layer_class']}){op}"
+
+
+def _failures_table(failed: dict[str, dict[str, Any]]) -> Table:
+    """One row per failed variant: where it failed (format, step, layer) and the library's
+    own message; bundles from before failures named their layer only have the reason."""
+    table = Table(title="[red]failed variants[/]", title_justify="left", box=box.SIMPLE_HEAD)
+    for column in ("variant", "format", "step", "layer", "error"):
+        table.add_column(column, overflow="fold")
+    for name, entry in failed.items():
+        cells = (entry.get("format"), entry.get("step"), _layer(entry), entry.get("error") or entry["reason"])
+        table.add_row(name, *(escape(cell or "-") for cell in cells))
+    return table

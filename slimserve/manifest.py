@@ -115,6 +115,16 @@ class Manifest:
     def variants(self) -> dict[str, Variant]:
         return {name: Variant(name, entry) for name, entry in self.data["variants"].items()}
 
+    @property
+    def failed(self) -> dict[str, dict[str, Any]]:
+        """Variants that could not be built: ``reason`` (one line) plus, from bundles written
+        since failures name their layer, ``step``, ``format``, ``layer``, ``layer_class``,
+        ``op`` and ``error``. Older bundles stored the reason string alone."""
+        return {
+            name: {"reason": entry} if isinstance(entry, str) else dict(entry)
+            for name, entry in self.data.get("failed", {}).items()
+        }
+
     def variant(self, name: str) -> Variant:
         variants = self.variants
         if name not in variants:
@@ -145,6 +155,12 @@ def validate_manifest(data: Any, source: str) -> dict[str, Any]:
                 raise SlimserveError(f"{source}: variant {name!r} has unknown format {fmt!r}")
             if not isinstance(item, dict) or not {"path", "sha256", "bytes"} <= item.keys():
                 raise SlimserveError(f"{source}: variant {name!r} {fmt} entry needs path, sha256, bytes")
+    failed = data.get("failed", {})
+    if not isinstance(failed, dict) or not all(
+        isinstance(entry, str) or (isinstance(entry, dict) and isinstance(entry.get("reason"), str))
+        for entry in failed.values()
+    ):
+        raise SlimserveError(f"{source} is malformed: failed must map variant names to reasons")
     return data
 
 

@@ -141,7 +141,7 @@ def test_unreachable_budget_fails_only_that_variant(tiny_cnn_run, tmp_path):
     if "int8" in manifest.variants:  # it can only pass by losing no accuracy at all
         assert manifest.variant("int8").entry["accuracy_drop"] <= 1e-6
     else:
-        assert "exceeds the 1e-06-point budget" in manifest.data["failed"]["int8"]
+        assert "exceeds the 1e-06-point budget" in manifest.failed["int8"]["reason"]
         assert not (manifest.bundle_dir / "int8").exists()
         assert manifest.data["default_variant"] == "fp32"
     assert np.isfinite(manifest.variant("fp32").entry["test_accuracy"])

@@ -1,0 +1,162 @@
+"""Failures name the variant, the format, the step and the layer; other variants still build."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+from torch import nn
+from torch.nn import functional as F
+
+from export.building import ExportSettings
+from export.failures import StepFailed, describe_failure, export_step
+from export.formats import write_onnx
+from export.pipeline import export_bundle
+from export.report import print_report
+from slimserve.manifest import read_manifest
+from training import models
+from training.checkpoint import save_checkpoint
+from training.datasets import limit_dataset, load_data
+from training.tensors import materialize
+from training.transforms import normalize_transform
+
+ARCH = "flexnet-test"
+
+
+class FlexibleFlatten(nn.Module):
+    """Flattens feature maps and passes already-flat features through.
+
+    The rank check is Python control flow on the input: eager PyTorch, TorchScript tracing,
+    torch.export and the ONNX exporter see a concrete rank; FX symbolic tracing (PyTorch
+    INT8) sees a Proxy and refuses.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() > 2:
+            x = x.flatten(1)
+        return x
+
+
+class FlexNet(nn.Module):
+    def __init__(self, in_channels: int, num_classes: int, input_size: tuple[int, int]) -> None:
+        super().__init__()
+        height, width = input_size
+        self.blocks = nn.Sequential(
+            nn.Sequential(
+                nn.Conv2d(in_channels, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(4)
+            ),
+            FlexibleFlatten(),
+            nn.Linear(8 * (height // 4) * (width // 4), num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(x)
+
+
+class KthValueGate(nn.Module):
+    """Adds each row's 2nd-smallest value: aten.kthvalue has no ONNX conversion in torch 2.14."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.kthvalue(x, 2, dim=-1, keepdim=True).values
+
+
+@pytest.fixture(scope="module")
+def flexnet_bundle(tmp_path_factory: pytest.TempPathFactory):
+    """FlexNet registered as a real architecture, trained briefly on real Fashion-MNIST,
+    saved as a checkpoint and exported; the registration lasts for the module's tests."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(models.MODELS, ARCH, FlexNet)
+        data = load_data("fashion-mnist", image_size=28, channels=1)
+        train = materialize(limit_dataset(data.train, 1024, 0), data.spec, "train images")
+        images = normalize_transform(data.spec)(train.images)
+        torch.manual_seed(0)
+        model = models.build_model(ARCH, in_channels=1, num_classes=len(data.classes), input_size=(28, 28))
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        for start in range(0, len(images), 64):
+            loss = F.cross_entropy(model(images[start : start + 64]), train.labels[start : start + 64])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        run_dir = tmp_path_factory.mktemp("runs") / ARCH
+        metadata = {
+            "arch": ARCH,
+            "arch_kwargs": {},
+            "dataset": data.name,
+            "classes": list(data.classes),
+            "preprocess": data.spec.to_dict(),
+        }
+        save_checkpoint(run_dir, model.eval(), metadata)
+        console = Console(record=True, width=240)
+        # The INT8 budget is out of the way so that the failure under test is the layer.
+        settings = ExportSettings(max_accuracy_drop=100.0, calibration_images=64)
+        manifest = export_bundle(
+            run_dir,
+            out=tmp_path_factory.mktemp("bundles"),
+            variants=["fp32", "int8", "sparse"],
+            limit=300,
+            settings=settings,
+            register=False,
+            console=console,
+        )
+        yield manifest, console.export_text()
+
+
+def test_unsupported_layer_is_named_and_other_variants_are_built(flexnet_bundle):
+    manifest, printed = flexnet_bundle
+    assert set(manifest.variants) == {"fp32", "sparse"}
+    failure = manifest.failed["int8"]
+    assert failure["layer"] == "blocks.1"
+    assert failure["layer_class"] == "FlexibleFlatten"
+    assert failure["format"] == "torchscript"
+    assert "FX graph mode" in failure["step"]
+    assert failure["error"].startswith("TraceError: ") and "control flow" in failure["error"]
+    assert failure["reason"].startswith(
+        "variant 'int8' (torchscript): layer 'blocks.1' (FlexibleFlatten) is not supported by PyTorch INT8"
+    )
+    assert "\n" not in failure["reason"]
+    assert not (manifest.bundle_dir / "int8").exists()
+    for name in ("fp32", "sparse"):
+        variant = manifest.variant(name)
+        assert {"onnx", "torchscript"} <= set(variant.files)
+        for artifact in variant.files.values():
+            assert artifact.verified_path(manifest.bundle_dir).stat().st_size == artifact.bytes
+        assert all(check["passed"] for check in variant.entry["parity"].values())
+    assert manifest.data["default_variant"] == "fp32"
+    # The export table lists the failure with its step and layer.
+    assert "failed variants" in printed
+    assert "blocks.1 (FlexibleFlatten)" in printed
+    assert "variant 'int8' (torchscript): layer 'blocks.1'" in printed
+
+
+def test_manifests_with_plain_string_failures_still_read(flexnet_bundle, tmp_path):
+    manifest, _ = flexnet_bundle
+    copy = tmp_path / "bundle"
+    shutil.copytree(manifest.bundle_dir, copy)
+    data = json.loads((copy / "manifest.json").read_text())
+    data["failed"] = {"int8": "TraceError: symbolically traced variables cannot be used"}
+    (copy / "manifest.json").write_text(json.dumps(data))
+    old = read_manifest(copy)
+    assert old.failed == {"int8": {"reason": "TraceError: symbolically traced variables cannot be used"}}
+    console = Console(record=True, width=240)
+    print_report(old, console)
+    assert "symbolically traced variables" in console.export_text()
+
+
+def test_onnx_exporter_failure_names_the_layer_and_operator(tmp_path: Path):
+    model = nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.ReLU(), KthValueGate())).eval()
+    with pytest.raises(StepFailed) as info, export_step("the ONNX exporter", "onnx", model):
+        write_onnx(model, torch.zeros(2, 4), tmp_path / "model.onnx")
+    failure = describe_failure("fp32", info.value)
+    assert (failure["layer"], failure["layer_class"], failure["op"]) == (
+        "1.1",
+        "KthValueGate",
+        "aten.kthvalue",
+    )
+    assert failure["reason"].startswith(
+        "variant 'fp32' (onnx): layer '1.1' (KthValueGate, operator aten.kthvalue) is not supported by "
+        "the ONNX exporter: "
+    )
+    # The library's own words, from the root cause rather than the exporter's banner.
+    assert "No ONNX function found" in failure["error"]
