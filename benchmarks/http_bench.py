@@ -172,13 +172,14 @@ def summarize_run(state: dict[str, Any], users: int) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def reference_server(
-    bundle_dir: Path, variant: str, workers: int, threads: int
+    bundle_dir: Path, variant: str, backend: str, workers: int, threads: int
 ) -> Iterator[tuple[str, float]]:
     """Start the bare reference on a free loopback port; always stopped on exit (by its pid)."""
     port = free_port()
     command = [
         sys.executable, "-m", "benchmarks.reference_server", "--bundle-dir", str(bundle_dir),
-        "--variant", variant, "--port", str(port), "--workers", str(workers), "--threads", str(threads),
+        "--variant", variant, "--backend", backend, "--port", str(port), "--workers", str(workers),
+        "--threads", str(threads),
     ]  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     # The log goes to a file (a pipe nobody reads could fill up and stall the server).
@@ -216,24 +217,21 @@ def resolve_bundle(settings: HttpBenchSettings, described: dict[str, Any]) -> Pa
 
 
 def in_process(
-    bundle_dir: Path, variant: str, threads: int, images: list[Path], repeats: int
+    bundle_dir: Path, variant: str, backend_kind: str, threads: int, images: list[Path], repeats: int
 ) -> dict[str, Any]:
-    """Batch-1 latency of the same variant in this process: model only, and decode+preprocess+model."""
-    import onnxruntime as ort
-
+    """Batch-1 latency of the same variant on the service's backend class in this process:
+    model only, and decode+preprocess+model."""
     from benchmarks.stats import latency_summary
     from benchmarks.timing import time_calls
+    from service.backends import create_backend
     from service.preprocess import Preprocessor, decode_image
     from slimserve.manifest import read_manifest
 
     manifest = read_manifest(bundle_dir)
-    path = manifest.variant(variant).files["onnx"].verified_path(manifest.bundle_dir)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # the service's setting
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
+    path = manifest.variant(variant).files[backend_kind].verified_path(manifest.bundle_dir)
+    backend = create_backend(
+        backend_kind, path, label=f"in-process {variant}", providers="cpu", threads=threads, strict=True
+    )
     preprocess = Preprocessor(manifest.spec)
     payloads = [p.read_bytes() for p in images]
     batches = [preprocess(decode_image(data, 4096 * 4096)) for data in payloads]
@@ -241,15 +239,16 @@ def in_process(
 
     def model_only() -> None:
         index["i"] += 1
-        session.run(None, {name: batches[index["i"] % len(batches)]})
+        backend.run(batches[index["i"] % len(batches)])
 
     def end_to_end() -> None:
         index["i"] += 1
         batch = preprocess(decode_image(payloads[index["i"] % len(payloads)], 4096 * 4096))
-        session.run(None, {name: batch})
+        backend.run(batch)
 
     bounds = {"warmup": 20, "repeats": repeats, "max_seconds": 20.0}
     return {
+        "backend": backend_kind,
         "threads": threads,
         "model_only": latency_summary(time_calls(model_only, **bounds), 1),
         "decode_preprocess_model": latency_summary(time_calls(end_to_end, **bounds), 1),
@@ -308,16 +307,19 @@ def bench_http(
     threads = int(models["threads_per_worker"])
     workers = int(models["workers"])
     need_bundle = settings.reference or settings.in_process_repeats > 0
+    backend_kind = str(described.get("backend", "onnx"))
     bundle_dir = resolve_bundle(settings, described) if need_bundle else None
-    if bundle_dir is not None and "onnx" not in described["manifest"]["variants"][variant]["files"]:
+    if bundle_dir is not None and backend_kind not in described["manifest"]["variants"][variant]["files"]:
         raise SlimserveError(
-            f"variant {variant} has no ONNX file, which the reference and in-process figures run; "
+            f"variant {variant} has no {backend_kind} file, which the reference and in-process figures run; "
             "pass --no-reference --in-process-repeats 0"
         )
     local = None
     if bundle_dir is not None and settings.in_process_repeats > 0:
         with console.status("in-process batch-1 latency"):
-            local = in_process(bundle_dir, variant, threads, images, settings.in_process_repeats)
+            local = in_process(
+                bundle_dir, variant, backend_kind, threads, images, settings.in_process_repeats
+            )
     targets = [
         ("adaptive", url, settings.adaptive_path + query),
         ("unbatched", url, settings.unbatched_path + query),
@@ -350,8 +352,16 @@ def bench_http(
             for target, base, path in targets:
                 drive(target, base, path)
             if settings.reference and bundle_dir is not None:
-                with reference_server(bundle_dir, variant, workers, threads) as (ref_url, ready_s):
-                    reference_info = {"workers": workers, "threads": threads, "ready_s": ready_s}
+                with reference_server(bundle_dir, variant, backend_kind, workers, threads) as (
+                    ref_url,
+                    ready_s,
+                ):
+                    reference_info = {
+                        "workers": workers,
+                        "threads": threads,
+                        "backend": backend_kind,
+                        "ready_s": ready_s,
+                    }
                     drive("reference", ref_url, "/predict")
     report = {
         "kind": "slimserve.bench-http",

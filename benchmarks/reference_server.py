@@ -3,8 +3,10 @@
 No batching, metrics, validation layers or framework: raw image body in, the service's
 own decode and preprocessing (``service.preprocess``), one ONNX Runtime call, top-k JSON
 out. Its requests/s is the best a plain Python HTTP stack does with this model on this
-machine, so the service's figure can be read as a share of it. Started by the HTTP
-benchmark on a free loopback port: ``python -m benchmarks.reference_server ...``.
+machine, so the service's figure can be read as a share of it. The model runs on the
+service's own backend class (ONNX Runtime or TorchScript, CPU, same threads), so the two
+differ only in what surrounds the model. Started by the HTTP benchmark on a free loopback
+port: ``python -m benchmarks.reference_server ...``.
 """
 
 import argparse
@@ -21,7 +23,9 @@ from service.errors import RequestError
 from service.preprocess import Preprocessor, decode_image
 from slimserve.manifest import read_manifest
 
-ENV = "SLIMSERVE_REFERENCE"  # bundle dir, variant and threads reach uvicorn's workers through the environment
+ENV = (
+    "SLIMSERVE_REFERENCE"  # bundle dir, variant, backend, threads reach uvicorn's workers by the environment
+)
 MAX_PIXELS = 4096 * 4096  # the service's default bounds
 MAX_BODY_BYTES = 16 * 1024 * 1024
 TOP_K = 5  # the service's default
@@ -37,21 +41,17 @@ def top_k(logits: np.ndarray, classes: list[str]) -> list[dict[str, object]]:
 
 
 def create_app() -> Starlette:
-    import onnxruntime as ort
+    from service.backends import create_backend
 
-    bundle_dir, variant, threads = os.environ[ENV].split(os.pathsep)
+    bundle_dir, variant, backend_kind, threads = os.environ[ENV].split(os.pathsep)
     manifest = read_manifest(bundle_dir)
-    path = manifest.variant(variant).files["onnx"].verified_path(manifest.bundle_dir)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = int(threads)  # the service's threads per worker
-    options.inter_op_num_threads = 1
-    # As the service does: spinning pool threads would take the core from the event loop.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
+    path = manifest.variant(variant).files[backend_kind].verified_path(manifest.bundle_dir)
+    backend = create_backend(
+        backend_kind, path, label=f"reference {variant}", providers="cpu", threads=int(threads), strict=True
+    )
     preprocess = Preprocessor(manifest.spec)
     classes = manifest.classes
-    session.run(None, {input_name: np.zeros((1, *manifest.spec.input_shape), np.float32)})  # warm-up
+    backend.run(np.zeros((1, *manifest.spec.input_shape), np.float32))  # warm-up
 
     async def predict(request: Request) -> JSONResponse:
         if int(request.headers.get("content-length") or 0) > MAX_BODY_BYTES:
@@ -60,7 +60,7 @@ def create_app() -> Starlette:
             batch = preprocess(decode_image(await request.body(), MAX_PIXELS))
         except RequestError as exc:
             return JSONResponse({"error": exc.message}, status_code=exc.status)
-        logits = session.run(None, {input_name: batch})[0]
+        logits = backend.run(batch)
         return JSONResponse({"variant": variant, "predictions": top_k(logits[0], classes)})
 
     async def ready(_: Request) -> PlainTextResponse:
@@ -75,11 +75,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--bundle-dir", type=Path, required=True)
     parser.add_argument("--variant", required=True)
+    parser.add_argument("--backend", choices=["onnx", "torchscript"], default="onnx")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    os.environ[ENV] = os.pathsep.join([str(args.bundle_dir.resolve()), args.variant, str(args.threads)])
+    os.environ[ENV] = os.pathsep.join(
+        [str(args.bundle_dir.resolve()), args.variant, args.backend, str(args.threads)]
+    )
     uvicorn.run(
         "benchmarks.reference_server:create_app", factory=True, host="127.0.0.1", port=args.port,
         workers=args.workers, loop="uvloop", http="httptools", access_log=False, log_level="warning",

@@ -228,12 +228,14 @@ def http_markdown(report: dict[str, Any]) -> str:
         ref = report["reference"]
         lines.append(
             f"- Reference: bare Starlette + uvicorn (uvloop, httptools), {ref['workers']} worker(s) x "
-            f"{ref['threads']} ONNX Runtime thread(s), same decode/preprocess (service.preprocess), batch 1"
+            f"{ref['threads']} thread(s), the service's {ref.get('backend', 'onnx')} backend on CPU, "
+            "same decode/preprocess (service.preprocess), batch 1"
         )
     local = report["in_process"]
     if local:
         lines.append(
-            f"- In-process batch 1 ({local['threads']} thread(s)): model only p50 "
+            f"- In-process batch 1 ({local.get('backend', 'onnx')} backend, {local['threads']} thread(s)): "
+            "model only p50 "
             f"{local['model_only']['p50_ms']:.3f} ms; decode + preprocess + model p50 "
             f"{local['decode_preprocess_model']['p50_ms']:.3f} ms"
         )

@@ -23,23 +23,29 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def served(tiny_cnn_run: Path, tmp_path_factory: pytest.TempPathFactory, start_server):
-    """The tiny CNN exported, registered and served by `slimserve serve` (one worker)."""
+def bundle(tiny_cnn_run: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     from export.pipeline import export_bundle
 
     export_bundle(
         tiny_cnn_run, out=tmp_path_factory.mktemp("bundles"), name=BUNDLE, version="v1", variants=["fp32"],
         limit=200, register=True, console=Console(quiet=True),
     )  # fmt: skip
+
+
+@pytest.fixture(scope="module", params=["onnx", "torchscript"])
+def served(bundle: None, request: pytest.FixtureRequest, tmp_path_factory, start_server):
+    """The tiny CNN exported, registered and served by `slimserve serve` (one worker) on each backend."""
     log = tmp_path_factory.mktemp("server") / "serve.log"
-    with start_server(log, {"SLIMSERVE_BUNDLE": BUNDLE}) as (url, _process):
-        yield url
+    env = {"SLIMSERVE_BUNDLE": BUNDLE, "SLIMSERVE_BACKEND": request.param}
+    with start_server(log, env) as (url, _process):
+        yield url, request.param
 
 
 @pytest.mark.http
 @pytest.mark.slow
-def test_bench_http_against_the_service_and_the_reference_reports_zero_errors(served: str, tmp_path: Path):
-    argv = ["bench", "http", served, "--concurrency", "1,4", "--duration", "10", "--requests", str(REQUESTS)]
+def test_bench_http_against_the_service_and_the_reference_reports_zero_errors(served, tmp_path: Path):
+    url, backend = served
+    argv = ["bench", "http", url, "--concurrency", "1,4", "--duration", "10", "--requests", str(REQUESTS)]
     argv += ["--image-count", "8", "--in-process-repeats", "20", "--out", str(tmp_path)]
     assert main(argv) == 0
     report = json.loads((tmp_path / "bench-http.json").read_text())
@@ -52,7 +58,9 @@ def test_bench_http_against_the_service_and_the_reference_reports_zero_errors(se
             assert row["ok_per_s"] > 0
             assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
     assert report["service"]["workers"] == 1 and report["reference"]["workers"] == 1
-    assert report["in_process"]["model_only"]["p50_ms"] > 0
+    # the reference and the in-process figure run the service's own backend
+    assert report["service"]["backend"] == report["reference"]["backend"] == backend
+    assert report["in_process"]["backend"] == backend and report["in_process"]["model_only"]["p50_ms"] > 0
     comparisons = report["comparisons"]
     assert set(comparisons["batching_gain"]) == {"1", "4"}  # JSON object keys
     assert set(comparisons["share_of_reference"]) == {"adaptive", "unbatched"}
