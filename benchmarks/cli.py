@@ -20,6 +20,7 @@ def _models(args: argparse.Namespace) -> None:
         ort_spinning=args.ort_spinning,
         max_accuracy_drop=args.max_accuracy_drop,
         select_batch=args.select_batch or (64 if 64 in args.batch_sizes else max(args.batch_sizes)),
+        clock_ghz=args.clock_ghz,
     )
     bench_models(Path(args.bundle_dir), args.out, settings)
 
@@ -90,6 +91,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--select-batch",
         type=positive_int,
         help="batch size for the recommendation (default: 64 or the largest)",
+    )
+    models.add_argument(
+        "--clock-ghz",
+        type=positive_float,
+        help="core clock for the peak (default: what the kernel reports; VMs show the nominal clock)",
     )
     models.add_argument("--out", type=Path, default=Path("bench-results"), help="default: ./bench-results")
     models.set_defaults(handler=_models)

@@ -158,14 +158,20 @@ def _mem_total_gib() -> float:
     return float("nan")
 
 
-def machine_info() -> dict[str, Any]:
-    """Everything a reader needs to reproduce or discount a figure, plus the peak with its formula."""
+def machine_info(clock_ghz: float | None = None) -> dict[str, Any]:
+    """Everything a reader needs to reproduce or discount a figure, plus the peak with its formula.
+
+    ``clock_ghz`` states the clock the cores really run at where the kernel cannot see it
+    (a VM reports its nominal clock; boost stays invisible), e.g. from the CPU's data sheet.
+    """
     blocks = _cpuinfo_blocks()
     first = blocks[0]
     flags = set(first.get("flags", "").split())
     allowed = os.sched_getaffinity(0)
     cores = physical_cores(blocks, allowed)
-    hz, clock_source = clock_hz(blocks)
+    hz, clock_source = (
+        (clock_ghz * 1e9, "--clock-ghz (stated by the user)") if clock_ghz else clock_hz(blocks)
+    )
     units = vector_units(first.get("vendor_id", ""), int(first.get("cpu family", "0")), flags)
     peak: dict[str, Any] = {
         "formula": "peak ops/s = physical cores x clock Hz x (SIMD pipes x lanes x 2); "

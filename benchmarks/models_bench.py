@@ -34,6 +34,7 @@ class ModelBenchSettings:
     ort_spinning: bool = True
     max_accuracy_drop: float = 0.5  # points, for the recommendation
     select_batch: int = 64  # the batch size the recommendation and the accuracy plot use
+    clock_ghz: float | None = None  # the real clock where /proc/cpuinfo only shows the nominal one
 
 
 @dataclass(frozen=True)
@@ -326,7 +327,7 @@ def bench_models(
             f"{','.join(map(str, settings.batch_sizes))}"
         )
     manifest = read_manifest(bundle_dir)
-    machine = machine_info()
+    machine = machine_info(settings.clock_ghz)
     gpu = bool(machine["gpus"]) or _torch_gpu()
     blocks, notes = plan(manifest, gpu, ort.get_available_providers())
     out.mkdir(parents=True, exist_ok=True)
@@ -341,6 +342,13 @@ def bench_models(
     if not rows:
         raise SlimserveError(f"every benchmark block failed; first error: {failures[0]['error']}")
     reference_name = _add_ratios(rows)
+    over = max((row["share_of_peak"] or 0.0 for row in rows), default=0.0)
+    if over > 1:
+        peak = machine["peak"]
+        notes.append(
+            f"a share of peak reaches {over:.0%}: the cores ran faster than the {peak['clock_ghz']} GHz "
+            f"the peak assumes ({peak['clock_source']}); state the real clock with --clock-ghz"
+        )
     report = {
         "kind": "slimserve.bench-models",
         "schema_version": 1,

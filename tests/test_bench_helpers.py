@@ -71,3 +71,11 @@ def test_batch_size_list_parsing():
     assert int_list("32,1,8,8") == (1, 8, 32)
     with pytest.raises(Exception, match="whole numbers"):
         int_list("1,x")
+
+
+def test_a_stated_clock_scales_the_peak():
+    nominal, stated = machine_info()["peak"], machine_info(clock_ghz=3.7)["peak"]
+    assert stated["clock_ghz"] == 3.7 and stated["clock_source"].startswith("--clock-ghz")
+    if nominal["units"] is not None:
+        ratio = 3.7 / nominal["clock_ghz"]
+        assert stated["int8_gops"] == pytest.approx(nominal["int8_gops"] * ratio, rel=1e-3)
