@@ -21,12 +21,13 @@ from torch import nn
 
 from export.checks import PARITY_IMAGES, Parity, accuracy, agreement, parity, predict
 from export.data import ImageSet
-from export.failures import export_step
+from export.failures import StepFailed, describe_failure, export_step
 from export.formats import (
     eager_runner,
     example_batch,
     runner_for,
     write_onnx,
+    write_pt2,
     write_torchscript,
 )
 from slimserve.errors import SlimserveError
@@ -38,7 +39,8 @@ from training.tensors import ImageTensors
 
 TORCHSCRIPT_STEP = "TorchScript tracing (torch.jit.trace + freeze)"
 # What loads and runs each format when parity and accuracy are measured.
-RUNTIMES = {"onnx": "ONNX Runtime", "torchscript": "the TorchScript runtime"}
+RUNTIMES = {"onnx": "ONNX Runtime", "torchscript": "the TorchScript runtime", "pt2": "torch.export.load"}
+PT2_STEP = "torch.export"
 
 
 class VariantFailed(SlimserveError):
@@ -125,35 +127,51 @@ def file_entry(path: Path, bundle_dir: Path) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Artifact:
-    """One written file, the logits it must reproduce on the parity images, and whether the
-    fp32 parity thresholds apply to it."""
+    """One written file, the logits it must reproduce on the parity images, whether the
+    fp32 parity thresholds apply to it, and whether the variant can do without it."""
 
     format: str
     path: Path
     reference: np.ndarray
     reference_name: str
     strict: bool
+    optional: bool = False
+
+
+def _measure(ctx: ExportContext, name: str, artifact: Artifact) -> tuple[Parity, float, float]:
+    """Parity on the parity images (raises on a miss), then accuracy and agreement with fp32."""
+    with export_step(RUNTIMES[artifact.format], artifact.format):
+        run = runner_for(artifact.format, artifact.path)
+        outputs = predict(run, ctx.parity_set.images)
+    check = parity(artifact.reference, outputs, artifact.reference_name, artifact.strict)
+    if not check.passed:
+        raise VariantFailed(f"{name} {artifact.format} parity failed: {check.describe()}")
+    with export_step(RUNTIMES[artifact.format], artifact.format):
+        logits = predict(run, ctx.eval_set.images)
+    return check, accuracy(logits, ctx.eval_set), agreement(logits.argmax(1), ctx.fp32_predictions)
 
 
 def finish_variant(ctx: ExportContext, name: str, artifacts: list[Artifact], **entry: Any) -> dict[str, Any]:
-    """Parity gate, then accuracy on the evaluation set; returns the manifest entry."""
-    checks: dict[str, Parity] = {}
-    accuracies: dict[str, float] = {}
-    agreements: dict[str, float] = {}
+    """Parity gate, then accuracy on the evaluation set; returns the manifest entry.
+
+    An optional file that cannot be run or misses parity is deleted and its reason joins
+    ``skipped_formats``; any other file's failure fails the variant.
+    """
+    skipped: dict[str, str] = dict(entry.pop("skipped_formats", {}))
+    measured: dict[str, tuple[Parity, float, float]] = {}
     for artifact in artifacts:
-        with export_step(RUNTIMES[artifact.format], artifact.format):
-            run = runner_for(artifact.format, artifact.path)
-            outputs = predict(run, ctx.parity_set.images)
-        check = parity(artifact.reference, outputs, artifact.reference_name, artifact.strict)
-        if not check.passed:
-            raise VariantFailed(f"{name} {artifact.format} parity failed: {check.describe()}")
-        checks[artifact.format] = check
-        with export_step(RUNTIMES[artifact.format], artifact.format):
-            logits = predict(run, ctx.eval_set.images)
-        accuracies[artifact.format] = accuracy(logits, ctx.eval_set)
-        agreements[artifact.format] = agreement(logits.argmax(1), ctx.fp32_predictions)
+        try:
+            measured[artifact.format] = _measure(ctx, name, artifact)
+        except (VariantFailed, StepFailed) as exc:
+            if not artifact.optional:
+                raise
+            skipped[artifact.format] = describe_failure(name, exc)["reason"]
+            artifact.path.unlink(missing_ok=True)
+    kept = [a for a in artifacts if a.format in measured]
+    accuracies = {fmt: result[1] for fmt, result in measured.items()}
+    agreements = {fmt: result[2] for fmt, result in measured.items()}
     # The service defaults to ONNX, so its numbers are the variant's headline numbers.
-    primary = "onnx" if "onnx" in accuracies else artifacts[0].format
+    primary = "onnx" if "onnx" in accuracies else kept[0].format
     return {
         **entry,
         "test_accuracy": accuracies[primary],
@@ -162,13 +180,30 @@ def finish_variant(ctx: ExportContext, name: str, artifacts: list[Artifact], **e
         "top1_agreement": agreements[primary],
         "accuracy_by_format": accuracies,
         "top1_agreement_by_format": agreements,
-        "parity": {fmt: check.to_dict() for fmt, check in checks.items()},
-        "files": {a.format: file_entry(a.path, ctx.bundle_dir) for a in artifacts},
+        "parity": {fmt: result[0].to_dict() for fmt, result in measured.items()},
+        "files": {a.format: file_entry(a.path, ctx.bundle_dir) for a in kept},
+        "skipped_formats": skipped,
     }
 
 
-def export_float(ctx: ExportContext, name: str, model: nn.Module) -> list[Artifact]:
-    """TorchScript and ONNX of a float model, each held to fp32 parity with it."""
+def try_pt2(name: str, model: nn.Module, example: torch.Tensor, path: Path) -> str | None:
+    """Write the ``.pt2`` file; on failure return the one-line reason instead of raising.
+
+    The file is a bonus next to TorchScript and ONNX, so a model torch.export cannot take
+    keeps its variant (the manifest's ``skipped_formats`` says why there is no ``.pt2``).
+    """
+    try:
+        with export_step(PT2_STEP, "pt2", model):
+            write_pt2(model, example, path)
+    except StepFailed as exc:
+        path.unlink(missing_ok=True)
+        return describe_failure(name, exc)["reason"]
+    return None
+
+
+def export_float(ctx: ExportContext, name: str, model: nn.Module) -> tuple[list[Artifact], dict[str, str]]:
+    """TorchScript, ONNX and (if torch.export takes the model) ``.pt2`` files of a float model,
+    each held to fp32 parity with it; returns them and the formats skipped, with reasons."""
     folder = ctx.bundle_dir / name
     folder.mkdir(parents=True, exist_ok=True)
     reference = predict(eager_runner(model), ctx.parity_set.images)
@@ -177,7 +212,17 @@ def export_float(ctx: ExportContext, name: str, model: nn.Module) -> list[Artifa
         write_torchscript(model, ctx.example(), ts_path)
     with export_step("the ONNX exporter (torch.onnx.export, dynamo)", "onnx", model):
         write_onnx(model, ctx.example(), onnx_path)
-    return [
+    artifacts = [
         Artifact("onnx", onnx_path, reference, f"{name} eager fp32", strict=True),
         Artifact("torchscript", ts_path, reference, f"{name} eager fp32", strict=True),
     ]
+    pt2_path = folder / FILE_NAMES["pt2"]
+    skipped = {}
+    reason = try_pt2(name, model, ctx.example(), pt2_path)
+    if reason is None:
+        artifacts.append(
+            Artifact("pt2", pt2_path, reference, f"{name} eager fp32", strict=True, optional=True)
+        )
+    else:
+        skipped["pt2"] = reason
+    return artifacts, skipped

@@ -1,7 +1,9 @@
-"""Writing and running the two deployable formats: frozen TorchScript and ONNX.
+"""Writing and running the deployable formats: frozen TorchScript, ONNX, and torch.export.
 
-Both are produced from an eager model with the exporters torch ships (no hand-written
+All are produced from an eager model with the exporters torch ships (no hand-written
 graph code). Runners return numpy logits so every format is compared the same way.
+TorchScript is deprecated upstream in favour of torch.export; it stays because users ask for
+it, and the ``.pt2`` ExportedProgram is what PyTorch's newer deployment paths take.
 """
 
 import warnings
@@ -18,6 +20,8 @@ from torch import nn
 from slimserve.errors import SlimserveError
 
 ONNX_OPSET = 18
+MAX_BATCH = 65536
+PT2_SETTINGS = f"torch.export.export (non-strict), dynamic batch 1-{MAX_BATCH}, torch.export.save"
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 Runner = Callable[[np.ndarray], np.ndarray]
@@ -48,10 +52,24 @@ def write_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> No
         frozen.save(str(path))
 
 
+def _batch_dim() -> torch.export.Dim:
+    return torch.export.Dim("batch", min=1, max=MAX_BATCH)
+
+
+def write_pt2(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    """An ExportedProgram with a symbolic batch axis; ``torch.export.load(path).module()``
+    runs it with torch alone. The archive holds the graph as JSON and plain weights as raw
+    tensor bytes; torch.export.save pickles only tensor subclasses and custom objects (float
+    models have none) and the example input (read back with ``weights_only=True``)."""
+    model.eval()
+    with quiet_torch_deprecations(), torch.no_grad():
+        program = torch.export.export(model, (example,), dynamic_shapes=({0: _batch_dim()},), strict=False)
+    torch.export.save(program, str(path))
+
+
 def write_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
     """The dynamo exporter with a symbolic batch axis, then the strictest ONNX check."""
     model.eval()
-    batch = torch.export.Dim("batch", min=1, max=65536)
     with quiet_torch_deprecations(), torch.no_grad():
         torch.onnx.export(
             model,
@@ -60,7 +78,7 @@ def write_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
             opset_version=ONNX_OPSET,
-            dynamic_shapes=({0: batch},),
+            dynamic_shapes=({0: _batch_dim()},),
             dynamo=True,
             external_data=False,
             verbose=False,
@@ -132,6 +150,19 @@ def torchscript_runner(path: Path) -> Runner:
     return run
 
 
+def pt2_runner(path: Path) -> Runner:
+    """Only for files whose sha256 the manifest vouches for: torch.export.load would
+    unpickle tensor subclasses or custom objects if a file held any."""
+    with quiet_torch_deprecations():
+        module = torch.export.load(str(path)).module()
+
+    def run(images: np.ndarray) -> np.ndarray:
+        with quiet_torch_deprecations(), torch.inference_mode():
+            return module(torch.from_numpy(images)).numpy()
+
+    return run
+
+
 def eager_runner(model: nn.Module) -> Runner:
     model.eval()
 
@@ -143,4 +174,4 @@ def eager_runner(model: nn.Module) -> Runner:
 
 
 def runner_for(fmt: str, path: Path) -> Runner:
-    return {"onnx": onnx_runner, "torchscript": torchscript_runner}[fmt](path)
+    return {"onnx": onnx_runner, "torchscript": torchscript_runner, "pt2": pt2_runner}[fmt](path)

@@ -34,6 +34,11 @@ from slimserve.manifest import FILE_NAMES
 # enough to order layers by the error they add.
 SENSITIVITY_IMAGES = 128
 ORT_STEP = "ONNX Runtime INT8 quantization (quantize_static)"
+# Said in every INT8 entry, so a missing .pt2 is never a silent omission.
+NO_PT2 = (
+    "not built: an INT8 torch.export program needs PT2E quantization (torchao), a separate "
+    "flow from the FX and ONNX Runtime quantization used here"
+)
 
 
 def _mse(a: np.ndarray, b: np.ndarray) -> float:
@@ -160,6 +165,7 @@ def quantized_variant(ctx: ExportContext, name: str, float_name: str) -> dict[st
     notes = f"INT8 of {float_name}; ONNX graph quantized for the {ctx.settings.int8_target} target"
     if skipped:
         notes += "; TorchScript INT8 skipped: " + skipped["torchscript"]
+    notes += "; no .pt2 (INT8 torch.export programs need the separate PT2E quantization flow)"
     return finish_variant(
         ctx,
         name,
@@ -170,7 +176,7 @@ def quantized_variant(ctx: ExportContext, name: str, float_name: str) -> dict[st
         params=params,
         macs=macs,
         budget_reference=float_name,
-        export_settings={"onnx": onnx_settings, "torchscript": torch_settings},
+        export_settings={"onnx": onnx_settings, "torchscript": torch_settings, "pt2": NO_PT2},
         skipped_formats=skipped,
         notes=notes,
     )

@@ -38,12 +38,12 @@ def print_report(manifest: Manifest, console: Console) -> None:
     table.add_column("prec", no_wrap=True)
     for column in ("accuracy", "drop", "agree", "ONNX (vs fp32)", "gzip", "MACs", "params", "zeros"):
         table.add_column(column, justify="right", no_wrap=True)
-    table.add_column("parity ONNX/TS", justify="right", no_wrap=True)
+    table.add_column("parity ONNX/TS/PT2", justify="right", no_wrap=True)
     for name, entry in data["variants"].items():
         onnx_bytes = entry["files"].get("onnx", {}).get("bytes")
         parity = " / ".join(
             f"{entry['parity'][fmt]['max_abs_diff']:.0e}" if fmt in entry["parity"] else "-"
-            for fmt in ("onnx", "torchscript")
+            for fmt in ("onnx", "torchscript", "pt2")
         )
         marker = " *" if name == data.get("default_variant") else ""
         table.add_row(

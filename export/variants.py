@@ -9,24 +9,25 @@ from collections.abc import Callable
 from typing import Any
 
 from export.building import ExportContext, export_float, finish_variant, macs_and_params
-from export.formats import ONNX_OPSET, example_batch
+from export.formats import ONNX_OPSET, PT2_SETTINGS, example_batch
 from export.int8 import quantized_variant
 from export.prune import fine_tune, structured_prune, unstructured_prune, weight_sparsity
 
 
 def build_fp32(ctx: ExportContext) -> dict[str, Any]:
     macs, params = macs_and_params(ctx.parent, ctx.spec)
-    artifacts = export_float(ctx, "fp32", ctx.parent)
+    artifacts, skipped = export_float(ctx, "fp32", ctx.parent)
     entry = finish_variant(
         ctx,
         "fp32",
         artifacts,
+        skipped_formats=skipped,
         description="the trained checkpoint, unchanged",
         precision="fp32",
         sparsity=0.0,
         params=params,
         macs=macs,
-        export_settings={"onnx_opset": ONNX_OPSET, "torchscript": "trace + freeze"},
+        export_settings={"onnx_opset": ONNX_OPSET, "torchscript": "trace + freeze", "pt2": PT2_SETTINGS},
         notes="reference for every other variant",
     )
     ctx.float_models["fp32"] = ctx.parent
@@ -58,17 +59,24 @@ def build_pruned(ctx: ExportContext) -> dict[str, Any]:
             console=ctx.console,
         )
     macs, params = macs_and_params(model, ctx.spec)
+    artifacts, skipped = export_float(ctx, "pruned", model)
     entry = finish_variant(
         ctx,
         "pruned",
-        export_float(ctx, "pruned", model),
+        artifacts,
+        skipped_formats=skipped,
         description=f"structured channel pruning ({prune_info['mac_reduction']:.0%} of MACs removed), "
         "fine-tuned",
         precision="fp32",
         sparsity=0.0,
         params=params,
         macs=macs,
-        export_settings={"pruning": prune_info, "finetune": finetune, "onnx_opset": ONNX_OPSET},
+        export_settings={
+            "pruning": prune_info,
+            "finetune": finetune,
+            "onnx_opset": ONNX_OPSET,
+            "pt2": PT2_SETTINGS,
+        },
         notes=f"{prune_info['mac_reduction']:.0%} fewer MACs and {prune_info['param_reduction']:.0%} fewer "
         f"parameters than fp32 (whole channels removed: dense kernels do less work); fine-tuned "
         f"{finetune['epochs']} epochs",
@@ -87,10 +95,12 @@ def build_sparse(ctx: ExportContext) -> dict[str, Any]:
     sparsity = weight_sparsity(model)
     macs, params = macs_and_params(model, ctx.spec)
     nonzero = sum(int((p != 0).sum()) for p in model.parameters())
+    artifacts, skipped = export_float(ctx, "sparse", model)
     entry = finish_variant(
         ctx,
         "sparse",
-        export_float(ctx, "sparse", model),
+        artifacts,
+        skipped_formats=skipped,
         description=f"unstructured global magnitude pruning, {sparsity:.0%} of Conv/Linear weights zero",
         precision="fp32",
         sparsity=round(sparsity, 4),
@@ -101,6 +111,7 @@ def build_sparse(ctx: ExportContext) -> dict[str, Any]:
             "pruning": "torch.nn.utils.prune.global_unstructured(L1Unstructured), prune.remove (permanent)",
             "requested_sparsity": ctx.settings.sparsity,
             "finetune": {"epochs": 0},
+            "pt2": PT2_SETTINGS,
         },
         notes="unstructured sparsity brings no dense speed-up: ONNX Runtime and PyTorch run the same "
         "dense kernels over the zeros; only the compressed (gzip) file is smaller; not fine-tuned",

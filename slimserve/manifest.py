@@ -5,6 +5,7 @@ A bundle is one export of one checkpoint, laid out as::
     BUNDLES_ROOT/NAME/VERSION/manifest.json
     BUNDLES_ROOT/NAME/VERSION/VARIANT/model.onnx        (ONNX, opset >= 17, dynamic batch)
     BUNDLES_ROOT/NAME/VERSION/VARIANT/model.ts          (frozen TorchScript)
+    BUNDLES_ROOT/NAME/VERSION/VARIANT/model.pt2         (torch.export, float variants only)
 
 Every file is listed with its sha256 and size; readers verify before loading. The
 manifest also carries the preprocessing spec and class names, so a consumer needs
@@ -25,8 +26,10 @@ from slimserve.spec import PreprocessSpec
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
-FORMATS = ("onnx", "torchscript")
-FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.ts"}
+# Consumers pick a format by name; "pt2" is optional (bundles written before it lack it,
+# INT8 variants never have it) and nothing in slimserve serves it.
+FORMATS = ("onnx", "torchscript", "pt2")
+FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.ts", "pt2": "model.pt2"}
 # BentoML model names allow lowercase letters, digits, '-', '_' and '.'; so do ours.
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 

@@ -1,4 +1,4 @@
-"""fp32 export: both formats, parity, dynamic batch, manifest hashes, BentoML store, CLI."""
+"""fp32 export: every format, parity, dynamic batch, manifest hashes, BentoML store, CLI."""
 
 import json
 import os
@@ -37,14 +37,16 @@ def _test_images(run_dir: Path, count: int) -> tuple[np.ndarray, np.ndarray]:
     return images.images, eager
 
 
-def test_fp32_parity_both_formats_on_real_images(fp32_bundle):
+def test_fp32_parity_every_format_on_real_images(fp32_bundle):
     entry = fp32_bundle.variant("fp32").entry
-    assert set(entry["files"]) == {"onnx", "torchscript"}
-    for fmt in ("onnx", "torchscript"):
+    assert set(entry["files"]) == {"onnx", "torchscript", "pt2"}
+    assert entry["skipped_formats"] == {}
+    for fmt in ("onnx", "torchscript", "pt2"):
         parity = entry["parity"][fmt]
         assert parity["images"] == 256
         assert parity["max_abs_diff"] <= 1e-4
         assert parity["top1_agreement"] == 1.0
+        assert entry["accuracy_by_format"][fmt] == entry["test_accuracy"]
     assert entry["top1_agreement"] == 1.0
     assert entry["accuracy_drop"] == 0.0
     assert entry["test_accuracy"] == fp32_bundle.data["parent"]["test_accuracy"]
@@ -70,15 +72,23 @@ def test_onnx_is_valid_and_batch_axis_is_dynamic(fp32_bundle, tiny_cnn_run):
         np.testing.assert_allclose(logits, eager[:batch], atol=1e-4)
 
 
-def test_torchscript_loads_in_fresh_python_with_only_torch(fp32_bundle, tiny_cnn_run, tmp_path):
-    path = fp32_bundle.variant("fp32").files["torchscript"].verified_path(fp32_bundle.bundle_dir)
-    images, eager = _test_images(tiny_cnn_run, 32)
+@pytest.mark.parametrize(
+    ("fmt", "load"),
+    [("torchscript", "torch.jit.load({})"), ("pt2", "torch.export.load({}).module()")],
+    ids=["torchscript", "pt2"],
+)
+def test_torch_files_load_in_fresh_python_with_only_torch(fp32_bundle, tiny_cnn_run, tmp_path, fmt, load):
+    path = fp32_bundle.variant("fp32").files[fmt].verified_path(fp32_bundle.bundle_dir)
+    images, eager = _test_images(tiny_cnn_run, 64)
     np.save(tmp_path / "images.npy", images)
     script = (
         "import sys, numpy, torch\n"
-        f"m = torch.jit.load({str(path)!r})\n"
+        f"m = {load.format(repr(str(path)))}\n"
         f"x = torch.from_numpy(numpy.load({str(tmp_path / 'images.npy')!r}))\n"
-        f"numpy.save({str(tmp_path / 'out.npy')!r}, m(x).detach().numpy())\n"
+        "with torch.inference_mode():\n"
+        "    out = [m(x[:1]), m(x)]\n"  # batch 1 and 64 from one loaded file: the batch axis is dynamic
+        f"numpy.save({str(tmp_path / 'one.npy')!r}, out[0].numpy())\n"
+        f"numpy.save({str(tmp_path / 'all.npy')!r}, out[1].numpy())\n"
         "assert not any(n.split('.')[0] in ('slimserve', 'training', 'export') for n in sys.modules)\n"
     )
     # A neutral cwd and no PYTHONPATH: the project must not be importable by accident.
@@ -87,7 +97,8 @@ def test_torchscript_loads_in_fresh_python_with_only_torch(fp32_bundle, tiny_cnn
         [sys.executable, "-I", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), eager, atol=1e-4)
+    np.testing.assert_allclose(np.load(tmp_path / "one.npy"), eager[:1], atol=1e-4)
+    np.testing.assert_allclose(np.load(tmp_path / "all.npy"), eager, atol=1e-4)
 
 
 def test_manifest_hashes_match_files_and_tampering_is_detected(fp32_bundle, tmp_path):
@@ -140,7 +151,9 @@ def test_tampered_checkpoint_is_refused(tiny_cnn_run, tmp_path):
 def test_fp32_export_of_other_architectures(fixture, request, tmp_path):
     run_dir = request.getfixturevalue(fixture)
     manifest = export_bundle(run_dir, out=tmp_path, variants=["fp32"], limit=300, register=False)
-    for parity in manifest.variant("fp32").entry["parity"].values():
+    entry = manifest.variant("fp32").entry
+    assert set(entry["parity"]) == {"onnx", "torchscript", "pt2"}
+    for parity in entry["parity"].values():
         assert parity["passed"] and parity["max_abs_diff"] <= 1e-4
 
 

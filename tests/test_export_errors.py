@@ -10,7 +10,7 @@ from rich.console import Console
 from torch import nn
 from torch.nn import functional as F
 
-from export.building import ExportSettings
+from export.building import ExportSettings, try_pt2
 from export.failures import StepFailed, describe_failure, export_step
 from export.formats import write_onnx
 from export.pipeline import export_bundle
@@ -60,6 +60,16 @@ class KthValueGate(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + torch.kthvalue(x, 2, dim=-1, keepdim=True).values
+
+
+class OverflowGuard(nn.Module):
+    """Clamps only when a value overflows: a branch on tensor data, which torch.export
+    cannot trace without knowing the values."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.abs().max() > 1e4:
+            x = x.clamp(-1e4, 1e4)
+        return x
 
 
 @pytest.fixture(scope="module")
@@ -160,3 +170,14 @@ def test_onnx_exporter_failure_names_the_layer_and_operator(tmp_path: Path):
     )
     # The library's own words, from the root cause rather than the exporter's banner.
     assert "No ONNX function found" in failure["error"]
+
+
+def test_pt2_that_torch_export_rejects_is_skipped_with_the_layer(tmp_path: Path):
+    model = nn.Sequential(nn.Linear(4, 4), OverflowGuard(), nn.Linear(4, 2)).eval()
+    path = tmp_path / "model.pt2"
+    reason = try_pt2("fp32", model, torch.zeros(2, 4), path)
+    assert reason is not None and "\n" not in reason
+    assert reason.startswith(
+        "variant 'fp32' (pt2): layer '1' (OverflowGuard) is not supported by torch.export: "
+    )
+    assert not path.exists()

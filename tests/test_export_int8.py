@@ -35,6 +35,10 @@ def test_int8_meets_accuracy_budget_and_is_default(cnn_bundle):
     assert entry["export_settings"]["onnx"]["attempts"][-1]["accuracy_drop"] <= 0.5
     assert entry["top1_agreement"] >= 0.95
     assert cnn_bundle.data["default_variant"] == "int8"
+    # No torch.export file for INT8, and the entry says why.
+    assert "pt2" not in entry["files"]
+    assert entry["export_settings"]["pt2"].startswith("not built: ")
+    assert "no .pt2" in entry["notes"]
     # The TorchScript file reproduces the eager INT8 model it was traced from exactly.
     assert entry["parity"]["torchscript"]["max_abs_diff"] <= 1e-4
     assert entry["parity"]["torchscript"]["top1_agreement"] == 1.0
