@@ -16,7 +16,7 @@ import bentoml
 from PIL import Image
 
 from service.backends import Backend, create_backend
-from service.config import ServeConfig
+from service.config import BACKENDS, ServeConfig
 from service.preprocess import Preprocessor, open_image
 from slimserve.errors import SlimserveError
 from slimserve.manifest import Manifest, read_manifest
@@ -106,8 +106,10 @@ def load_variant(name: str, tag: str, model_dir: Path, config: ServeConfig) -> L
     variant = manifest.variant(name)
     files = variant.files
     if config.backend not in files:
+        servable = [fmt for fmt in BACKENDS if fmt in files]
         raise SlimserveError(
-            f"{tag} has no {config.backend} file (it has {', '.join(files)}); choose --backend accordingly"
+            f"{tag} has no {config.backend} file (servable: {', '.join(servable) or 'none'}); "
+            "choose --backend accordingly"
         )
     path = files[config.backend].verified_path(model_dir)
     preprocessor = Preprocessor(manifest.spec)
