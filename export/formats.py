@@ -21,6 +21,7 @@ from slimserve.errors import SlimserveError
 
 ONNX_OPSET = 18
 MAX_BATCH = 65536
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # named after their layer in ONNX files
 PT2_SETTINGS = f"torch.export.export (non-strict), dynamic batch 1-{MAX_BATCH}, torch.export.save"
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -94,11 +95,15 @@ def compact_onnx(path: Path) -> None:
     rewrite rules (65 KB of a 1.1 MB ResNet-20 file, and it leaks source paths into
     bundles). ONNX Runtime's quantizer names each tensor after its producer plus suffixes
     such as ``_QuantizeLinear_Output`` (18 KB of a 330 KB INT8 ResNet-20). Tensor names are
-    internal wiring, so they become short ids; node names, which carry the layer path that
-    profilers and error messages show, and the graph's input and output names are kept.
+    internal wiring, so they become short ids. The layer path survives where people look
+    for it: each weighted node (``node_Conv_306`` from the exporter) is first named after its
+    layer (``stages.3.conv1``, from its weight's name), and ONNX Runtime's profiler, the
+    quantizer's fp32-layer lists and fused kernels keep node names. The graph's input and
+    output names are kept.
     """
     model = onnx.load(str(path))
     graph = model.graph
+    _name_nodes_after_layers(graph)
     # Subgraphs (If/Loop bodies) may refer to outer tensors by name: leave such graphs' names alone.
     has_subgraphs = any(attr.g.node or attr.graphs for node in graph.node for attr in node.attribute)
     keep = {value.name for value in (*graph.input, *graph.output)}
@@ -116,6 +121,19 @@ def compact_onnx(path: Path) -> None:
     for tensor in (*graph.initializer, *graph.value_info):
         tensor.name = rename(tensor.name)
     onnx.save(model, str(path))
+
+
+def _name_nodes_after_layers(graph: onnx.GraphProto) -> None:
+    """``Conv``/``Gemm``/``MatMul`` nodes whose weight is an initializer called
+    ``<layer>.weight`` take the layer's name, unless another node already has it."""
+    weights = {init.name for init in graph.initializer if init.name.endswith(".weight")}
+    taken = {node.name for node in graph.node}
+    for node in graph.node:
+        if node.op_type in WEIGHTED_OPS and len(node.input) > 1 and node.input[1] in weights:
+            layer = node.input[1].removesuffix(".weight")
+            if layer not in taken:
+                taken.add(layer)
+                node.name = layer
 
 
 def check_onnx(path: Path) -> None:

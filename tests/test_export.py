@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from torch import nn
 
 from export.data import checkpoint_data, image_set
 from export.formats import onnx_runner
@@ -155,6 +156,11 @@ def test_fp32_export_of_other_architectures(fixture, request, tmp_path):
     assert set(entry["parity"]) == {"onnx", "torchscript", "pt2"}
     for parity in entry["parity"].values():
         assert parity["passed"] and parity["max_abs_diff"] <= 1e-4
+    graph = onnx.load(str(manifest.variant("fp32").files["onnx"].verified_path(manifest.bundle_dir))).graph
+    layers = {node.name for node in graph.node if node.op_type in ("Conv", "Gemm", "MatMul")}
+    model = load_checkpoint(run_dir).model
+    weighted = {name for name, module in model.named_modules() if isinstance(module, (nn.Conv2d, nn.Linear))}
+    assert layers == weighted  # ONNX nodes carry the layer path (profiles, fp32-layer lists)
 
 
 def test_cli_export_prints_table_and_writes_bundle(tiny_cnn_run, tmp_path, capsys):
