@@ -5,6 +5,7 @@ torch when (and only when) it is chosen.
 """
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Protocol
 
@@ -85,8 +86,14 @@ class TorchScriptBackend:
         torch.set_num_threads(threads)
         try:
             # TorchScript archives hold code and tensors, not pickled Python objects; the
-            # file's sha256 was verified against the manifest before this call.
-            self.module = torch.jit.load(str(path), map_location=self.device).eval()
+            # file's sha256 was verified against the manifest before this call. Choosing this
+            # backend is deliberate (the README says TorchScript is deprecated upstream), so
+            # torch's FutureWarning would only clutter every worker's start-up.
+            with warnings.catch_warnings():
+                warnings.filterwarnings(
+                    "ignore", message=r".*torch\.jit\.load.* is deprecated", category=FutureWarning
+                )
+                self.module = torch.jit.load(str(path), map_location=self.device).eval()
         except Exception as exc:  # torch raises RuntimeError subclasses from C++
             raise SlimserveError(f"{label}: torch cannot load {path.name}: {exc}") from None
         self.requested = ["cuda" if providers == "cuda" else ("auto" if wants_cuda else "cpu")]
