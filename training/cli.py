@@ -98,7 +98,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "train",
         help="train a classifier and write a checkpoint",
         description="Train MLP/CNN/ResNet classifiers; writes model.safetensors + metadata.json "
-        "(best epoch) and train_state.pt (for --resume) into the run folder.",
+        "(last epoch) and train_state.pt (for --resume) into the run folder.",
     )
     train.add_argument("--model", choices=list(RECIPES), default="cnn", help="architecture (default: cnn)")
     add_train_options(train)
