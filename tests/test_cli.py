@@ -66,6 +66,6 @@ def test_train_command_end_to_end_writes_a_checkpoint(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert (out / "metadata.json").is_file() and (out / "model.safetensors").is_file()
-    assert "Best test accuracy" in result.stdout
+    assert "Test accuracy after 1 epoch:" in result.stdout
     again = run_cli("train", "--model", "mlp", "--epochs", "1", "--limit", "300", "--out", str(out))
     assert again.returncode == 1 and "--resume" in again.stderr

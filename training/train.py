@@ -390,7 +390,8 @@ def train(
     console.print(table)
     accuracy = history[-1]["test_accuracy"]
     console.print(
-        f"Test accuracy after {config.epochs} epochs: [bold]{accuracy:.2%}[/] in {elapsed:.0f}s; "
+        f"Test accuracy after {config.epochs} epoch{'s' if config.epochs != 1 else ''}: "
+        f"[bold]{accuracy:.2%}[/] in {elapsed:.0f}s; "
         f"checkpoint: {run_dir / METADATA_FILE}"
     )
     return TrainResult(run_dir=run_dir, accuracy=accuracy, epochs=config.epochs, seconds=elapsed)
