@@ -116,6 +116,16 @@ def distill(
         teacher_sha256=teacher.metadata["weights_sha256"],
         teacher_arch=teacher.metadata["arch"],
     )
+    smoothing = teacher.metadata.get("train_config", {}).get("label_smoothing", 0.0)
+    if smoothing:
+        # Label smoothing pulls a network's wrong-class logits to nearly one value (Muller,
+        # Kornblith and Hinton 2019), which erases the class similarities soft targets
+        # carry; with such a teacher the student learns about what smoothed labels teach.
+        console.print(
+            f"[yellow]note:[/yellow] the teacher was trained with label smoothing {smoothing}, which "
+            "flattens its wrong-class outputs: its soft targets carry little beyond the labels. "
+            "Teachers are usually trained with --label-smoothing 0 (see BENCHMARKS.md)."
+        )
     console.print(
         f"Distilling [bold]{teacher.metadata['arch']}[/] ({teacher_dir}) into [bold]{config.model}[/]: "
         f"temperature {temperature}, alpha {alpha}, {config.epochs} epochs, seed {config.seed}"

@@ -86,6 +86,7 @@ def test_distill_cli_and_its_errors(tiny_cnn_run, tmp_path, capsys):
     assert main([*args, "--out", str(tmp_path / "s")]) == 0
     printed = capsys.readouterr().out
     assert "Distillation gain" in printed and "no-teacher twin" in printed
+    assert "trained with label smoothing 0.1" in printed  # the fixture's recipe smooths labels
     assert main([*args, "--out", str(tmp_path / "s")]) == 1  # exists, no --force
     assert "already holds a checkpoint" in capsys.readouterr().err
     assert main([*args, "--dataset", "mnist", "--out", str(tmp_path / "m")]) == 1
