@@ -221,17 +221,14 @@ def in_process(
 ) -> dict[str, Any]:
     """Batch-1 latency of the same variant on the service's backend class in this process:
     model only, and decode+preprocess+model."""
+    from benchmarks.reference_server import cpu_backend
     from benchmarks.stats import latency_summary
     from benchmarks.timing import time_calls
-    from service.backends import create_backend
     from service.preprocess import Preprocessor, decode_image
     from slimserve.manifest import read_manifest
 
     manifest = read_manifest(bundle_dir)
-    path = manifest.variant(variant).files[backend_kind].verified_path(manifest.bundle_dir)
-    backend = create_backend(
-        backend_kind, path, label=f"in-process {variant}", providers="cpu", threads=threads, strict=True
-    )
+    backend = cpu_backend(manifest, variant, backend_kind, threads, f"in-process {variant}")
     preprocess = Preprocessor(manifest.spec)
     payloads = [p.read_bytes() for p in images]
     batches = [preprocess(decode_image(data, 4096 * 4096)) for data in payloads]

@@ -1,8 +1,7 @@
 """The bare reference: Starlette + uvicorn doing the service's inference and nothing else.
 
 No batching, metrics, validation layers or framework: raw image body in, the service's
-own decode and preprocessing (``service.preprocess``), one ONNX Runtime call, top-k JSON
-out. Its requests/s is the best a plain Python HTTP stack does with this model on this
+own decode and preprocessing (``service.preprocess``), one model call, top-k JSON out. Its requests/s is the best a plain Python HTTP stack does with this model on this
 machine, so the service's figure can be read as a share of it. The model runs on the
 service's own backend class (ONNX Runtime or TorchScript, CPU, same threads), so the two
 differ only in what surrounds the model. Started by the HTTP benchmark on a free loopback
@@ -19,13 +18,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
+from service.backends import Backend, create_backend
+from service.config import BACKENDS
 from service.errors import RequestError
 from service.preprocess import Preprocessor, decode_image
-from slimserve.manifest import read_manifest
+from slimserve.manifest import Manifest, read_manifest
 
-ENV = (
-    "SLIMSERVE_REFERENCE"  # bundle dir, variant, backend, threads reach uvicorn's workers by the environment
-)
+# Bundle dir, variant, backend and threads reach uvicorn's workers through the environment.
+ENV = "SLIMSERVE_REFERENCE"
 MAX_PIXELS = 4096 * 4096  # the service's default bounds
 MAX_BODY_BYTES = 16 * 1024 * 1024
 TOP_K = 5  # the service's default
@@ -40,15 +40,17 @@ def top_k(logits: np.ndarray, classes: list[str]) -> list[dict[str, object]]:
     return [{"index": int(i), "label": classes[i], "probability": float(probabilities[i])} for i in order]
 
 
-def create_app() -> Starlette:
-    from service.backends import create_backend
+def cpu_backend(manifest: Manifest, variant: str, kind: str, threads: int, label: str) -> Backend:
+    """The variant's hash-checked file on the service's own backend class, on CPU; shared
+    with the benchmark's in-process figure so both run the model exactly as the service does."""
+    path = manifest.variant(variant).files[kind].verified_path(manifest.bundle_dir)
+    return create_backend(kind, path, label=label, providers="cpu", threads=threads, strict=True)
 
+
+def create_app() -> Starlette:
     bundle_dir, variant, backend_kind, threads = os.environ[ENV].split(os.pathsep)
     manifest = read_manifest(bundle_dir)
-    path = manifest.variant(variant).files[backend_kind].verified_path(manifest.bundle_dir)
-    backend = create_backend(
-        backend_kind, path, label=f"reference {variant}", providers="cpu", threads=int(threads), strict=True
-    )
+    backend = cpu_backend(manifest, variant, backend_kind, int(threads), f"reference {variant}")
     preprocess = Preprocessor(manifest.spec)
     classes = manifest.classes
     backend.run(np.zeros((1, *manifest.spec.input_shape), np.float32))  # warm-up
@@ -75,7 +77,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--bundle-dir", type=Path, required=True)
     parser.add_argument("--variant", required=True)
-    parser.add_argument("--backend", choices=["onnx", "torchscript"], default="onnx")
+    parser.add_argument("--backend", choices=BACKENDS, default="onnx")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
