@@ -16,6 +16,7 @@ from benchmarks.inputs import BenchData, load_test_images, save_array
 from benchmarks.machine import machine_info, share_of_peak
 from benchmarks.runtimes import EAGER, ONNXRUNTIME, TORCHSCRIPT
 from benchmarks.selection import pareto_front, recommend
+from slimserve.allocator import POLICY
 from slimserve.errors import SlimserveError
 from slimserve.manifest import Manifest, read_manifest
 
@@ -35,6 +36,9 @@ class ModelBenchSettings:
     max_accuracy_drop: float = 0.5  # points, for the recommendation
     select_batch: int = 64  # the batch size the recommendation and the accuracy plot use
     clock_ghz: float | None = None  # the real clock where /proc/cpuinfo only shows the nominal one
+    # "retain": every worker keeps freed memory (slimserve.allocator); "default": the C
+    # library's own policy, which page-faults PyTorch's activations back in on every call.
+    malloc: str = "retain"
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,7 @@ def _job(
         "run_dir": manifest.data["parent"].get("run_dir"),
         "threads": settings.threads,
         "spinning": settings.ort_spinning,
+        "malloc": settings.malloc,
         "batch_sizes": list(settings.batch_sizes),
         "warmup": settings.warmup,
         "repeats": settings.repeats,
@@ -157,6 +162,7 @@ def _rows(
                 "baseline_rss_mb": result.info.get("baseline_rss_mb"),
                 "torch_imported": result.info.get("torch_imported"),
                 "load_s": result.info.get("load_s"),
+                "allocator": result.info.get("allocator"),
                 "file_bytes": _file_bytes(manifest, block),
                 "macs": macs,
                 "gops": gops,
@@ -252,6 +258,9 @@ def _settings_doc(settings: ModelBenchSettings) -> dict[str, Any]:
         "gops": "2 x MACs per image x images/s (1 MAC = 2 ops); MACs from the manifest",
         "peak_rss": "VmHWM (peak resident set) of the worker process after timing, runtime library "
         "included; baseline_rss_mb is the same process after importing the runtime, before the model",
+        "allocator": "every worker, every runtime alike: "
+        + (POLICY if settings.malloc == "retain" else "the C library's default malloc policy")
+        + "; each row's allocator field says what its worker actually ran with",
         "thread_policy": f"{settings.threads} intra-op threads for every runtime (torch.set_num_threads, "
         "ORT intra_op_num_threads), 1 inter-op thread, OMP/MKL_NUM_THREADS set alike",
     }

@@ -108,6 +108,7 @@ def models_markdown(report: dict[str, Any]) -> str:
         f"- Versions: {', '.join(f'{k} {v}' for k, v in machine['versions'].items())}",
         *_peak_lines(machine),
         f"- Threads: {settings['thread_policy']}",
+        f"- Allocator: {settings['allocator']}",
         f"- Timing: {settings['timing']}; warm-up {settings['warmup']}, repeats {settings['repeats']}, "
         f"max {settings['max_seconds']} s per batch size",
         f"- Throughput: {settings['throughput']}; GOP/s: {settings['gops']}",

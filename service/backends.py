@@ -12,6 +12,7 @@ from typing import Protocol
 import numpy as np
 
 from service.providers import CPU, CUDA, TENSORRT, check_providers, requested_providers
+from slimserve.allocator import POLICY, retain_freed_memory
 from slimserve.errors import SlimserveError
 
 logger = logging.getLogger("slimserve.service")
@@ -84,6 +85,9 @@ class TorchScriptBackend:
             logger.warning(message)
         self.device = torch.device("cuda" if wants_cuda and torch.cuda.is_available() else "cpu")
         torch.set_num_threads(threads)
+        # Without it every request page-faults its activations back in (slimserve.allocator);
+        # the policy is per process, and a torch-backed worker serves nothing else.
+        self.allocator = POLICY if retain_freed_memory() else "C library default (not glibc)"
         try:
             # TorchScript archives hold code and tensors, not pickled Python objects; the
             # file's sha256 was verified against the manifest before this call. Choosing this
@@ -115,6 +119,7 @@ class TorchScriptBackend:
             "requested": self.requested,
             "active": [provider],
             "fell_back": self.requested == ["cuda"] and self.device.type != "cuda",
+            "allocator": self.allocator,
         }
 
 

@@ -13,7 +13,7 @@ from slimserve.cli import main
 ROW_FIELDS = {
     "variant", "runtime", "device", "precision", "batch_size", "samples", "p50_ms", "p90_ms", "p99_ms",
     "mean_ms", "min_ms", "images_per_s", "peak_rss_mb", "baseline_rss_mb", "load_s", "file_bytes", "macs",
-    "gops", "share_of_peak", "accuracy", "top1_agreement", "accuracy_source", "speedup", "accuracy_drop_points",
+    "gops", "share_of_peak", "allocator", "accuracy", "top1_agreement", "accuracy_source", "speedup", "accuracy_drop_points",
 }  # fmt: skip
 SETTINGS = ModelBenchSettings(
     batch_sizes=(1, 4), warmup=1, repeats=5, max_seconds=2.0, limit=64, select_batch=4
@@ -42,6 +42,7 @@ def test_bench_models_writes_complete_sane_report(tiny_bundle: Path, tmp_path: P
     assert report["failures"] == []
     assert report["machine"]["peak"]["formula"].startswith("peak ops/s")
     assert report["settings"]["threads"] >= 1
+    assert report["settings"]["malloc"] == "retain" and "mallopt" in report["settings"]["allocator"]
     runtimes = {(row["runtime"], row["device"]) for row in report["rows"]}
     assert {
         ("pytorch-eager", "cpu"),
@@ -57,6 +58,7 @@ def test_bench_models_writes_complete_sane_report(tiny_bundle: Path, tmp_path: P
         assert row["peak_rss_mb"] >= row["baseline_rss_mb"] > 0
         assert row["torch_imported"] == (row["runtime"] != "onnxruntime")  # ORT memory is ORT's alone
         assert row["file_bytes"] > 0 and row["macs"] > 0
+        assert row["allocator"].startswith("glibc mallopt")  # applied in the worker, not just asked for
         assert 0.0 <= row["accuracy"] <= 1.0
         assert row["top1_agreement"] == 1.0  # every runtime of the fp32 variant agrees with eager fp32
         assert "64 test images" in row["accuracy_source"]

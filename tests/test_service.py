@@ -450,6 +450,7 @@ def test_torchscript_backend_agrees_with_onnx(bundle, fashion):
     stored = Path(__import__("bentoml").models.get(f"{BUNDLE}-fp32:v1").path)
     ts = load_variant("fp32", f"{BUNDLE}-fp32:v1", stored, config)
     assert isinstance(ts.backend, TorchScriptBackend) and ts.backend.describe()["provider"] == "torch-cpu"
+    assert ts.backend.describe()["allocator"].startswith("glibc mallopt")
     onnx_variant = load_variant("fp32", f"{BUNDLE}-fp32:v1", stored, ServeConfig(providers="cpu", threads=1))
     batch = Preprocessor(bundle.spec).batch([fashion.test[i][0] for i in range(16)])
     assert np.abs(ts.backend.run(batch) - onnx_variant.backend.run(batch)).max() < 1e-4
