@@ -22,6 +22,7 @@ def _models(args: argparse.Namespace) -> None:
         select_batch=args.select_batch or (64 if 64 in args.batch_sizes else max(args.batch_sizes)),
         clock_ghz=args.clock_ghz,
         malloc=args.malloc,
+        rounds=args.rounds,
     )
     bench_models(Path(args.bundle_dir), args.out, settings)
 
@@ -97,6 +98,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--clock-ghz",
         type=positive_float,
         help="core clock for the peak (default: what the kernel reports; VMs show the nominal clock)",
+    )
+    models.add_argument(
+        "--rounds",
+        type=positive_int,
+        default=3,
+        help="run the whole matrix this many times; cells report the median round and each speed-up "
+        "its range over rounds (default 3: single cells drift by up to 30%% on shared machines)",
     )
     models.add_argument(
         "--malloc",

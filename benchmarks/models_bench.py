@@ -39,6 +39,10 @@ class ModelBenchSettings:
     # "retain": every worker keeps freed memory (slimserve.allocator); "default": the C
     # library's own policy, which page-faults PyTorch's activations back in on every call.
     malloc: str = "retain"
+    # The whole matrix runs this many times in a row; each cell reports the median round
+    # and each ratio its median and range over rounds, each round's ratio against the
+    # same round's reference (cells drift by up to 30% over minutes on a shared VM).
+    rounds: int = 1  # `slimserve bench models` asks for 3
 
 
 @dataclass(frozen=True)
@@ -255,6 +259,9 @@ def _settings_doc(settings: ModelBenchSettings) -> dict[str, Any]:
         "timing": "one worker process per variant x runtime; per batch size: warm-up calls, then "
         "back-to-back timed calls (perf_counter) until --repeats or --max-seconds",
         "throughput": "images/s = batch size / p50 latency",
+        "aggregation": f"{settings.rounds} round(s) of the whole matrix; a cell's latencies are the median over "
+        "rounds, its speed-up the median of each round's ratio to the same round's reference, "
+        "speedup_range their minimum and maximum",
         "gops": "2 x MACs per image x images/s (1 MAC = 2 ops); MACs from the manifest",
         "peak_rss": "VmHWM (peak resident set) of the worker process after timing, runtime library "
         "included; baseline_rss_mb is the same process after importing the runtime, before the model",
@@ -285,39 +292,84 @@ def _run_matrix(
     eval_data: BenchData | None,
     peak: dict[str, Any],
     console: Console,
-) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """Run every block in its own worker, printing each cell as it lands; a failed block is
-    recorded with its error and the others still run."""
-    rows: list[dict[str, Any]] = []
+) -> tuple[list[list[dict[str, Any]]], list[dict[str, str]]]:
+    """Run every block in its own worker, round after round, printing each cell as it lands;
+    a failed block is recorded with its error and the others still run. Returns each
+    round's rows; accuracy is evaluated in the first round only (it cannot change)."""
+    rounds: list[list[dict[str, Any]]] = []
     failures: list[dict[str, str]] = []
     reference: np.ndarray | None = None
+    accuracy: dict[Block, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="slimserve-bench-") as tmp, _progress(console) as progress:
         inputs = save_array(data.images[: max(settings.batch_sizes)], Path(tmp) / "inputs.npy")
         eval_inputs = None if eval_data is None else save_array(eval_data.images, Path(tmp) / "eval.npy")
-        task = progress.add_task("benchmarking", total=len(blocks) * len(settings.batch_sizes))
-        for block in blocks:
-            label = f"{block.variant} / {block.runtime} / {block.device}"
-            progress.update(task, description=label)
+        cells = len(blocks) * len(settings.batch_sizes)
+        task = progress.add_task("benchmarking", total=cells * settings.rounds)
+        for round_index in range(settings.rounds):
+            rows: list[dict[str, Any]] = []
+            for block in blocks:
+                label = f"{block.variant} / {block.runtime} / {block.device}"
+                if settings.rounds > 1:
+                    label = f"round {round_index + 1}: {label}"
+                progress.update(task, description=label)
 
-            def on_batch(batch: dict[str, Any], label: str = label) -> None:
-                progress.advance(task)
-                progress.console.print(
-                    f"  {label:<48} batch {batch['batch_size']:>4}: p50 {batch['p50_ms']:8.3f} ms, "
-                    f"{batch['images_per_s']:10.0f} img/s"
-                )
+                def on_batch(batch: dict[str, Any], label: str = label) -> None:
+                    progress.advance(task)
+                    progress.console.print(
+                        f"  {label:<48} batch {batch['batch_size']:>4}: p50 {batch['p50_ms']:8.3f} ms, "
+                        f"{batch['images_per_s']:10.0f} img/s"
+                    )
 
-            result = run_block(_job(manifest, block, settings, inputs, eval_inputs), on_batch)
-            if result.error:
-                failures.append({**asdict(block), "error": result.error})
-                progress.console.print(f"  [red]{label}: {result.error}[/red]")
-                continue
-            predictions = result.info.get("predictions")
-            if predictions is not None and reference is None and block.variant == REFERENCE_VARIANT:
-                # Blocks run eager first, so this is eager fp32, or fp32 TorchScript when eager is gone.
-                reference = np.asarray(predictions)
-            accuracy = _accuracy(manifest, block, predictions, eval_data, reference)
-            rows += _rows(manifest, block, result, peak, accuracy)
-    return rows, failures
+                first = round_index == 0
+                job = _job(manifest, block, settings, inputs, eval_inputs if first else None)
+                result = run_block(job, on_batch)
+                if result.error:
+                    failures.append({**asdict(block), "round": round_index + 1, "error": result.error})
+                    progress.console.print(f"  [red]{label}: {result.error}[/red]")
+                    continue
+                if block not in accuracy:
+                    predictions = result.info.get("predictions")
+                    if predictions is not None and reference is None and block.variant == REFERENCE_VARIANT:
+                        # Blocks run eager first, so this is eager fp32, or fp32 TorchScript when eager is gone.
+                        reference = np.asarray(predictions)
+                    accuracy[block] = _accuracy(manifest, block, predictions, eval_data, reference)
+                rows += _rows(manifest, block, result, peak, accuracy[block])
+            rounds.append(rows)
+    return rounds, failures
+
+
+MEDIAN_KEYS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms")
+
+
+def merge_rounds(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per cell: median latencies over rounds, the ratio's median and range.
+
+    Medians keep p50 <= p90 <= p99 (each holds in every round, and the median is monotone);
+    images/s and GOP/s follow from the median p50, as they do within a round.
+    """
+    cells: dict[tuple, list[dict[str, Any]]] = {}
+    for rows in rounds:
+        for row in rows:
+            key = (row["variant"], row["runtime"], row["device"], row["batch_size"])
+            cells.setdefault(key, []).append(row)
+    merged = []
+    for measured in cells.values():
+        row = dict(measured[0])
+        for key in MEDIAN_KEYS:
+            row[key] = float(np.median([m[key] for m in measured]))
+        row["images_per_s"] = row["batch_size"] / (row["p50_ms"] / 1000.0)
+        if row["gops"] is not None:
+            row["gops"] = 2.0 * float(row["macs"]) * row["images_per_s"] / 1e9
+            shares = [m["share_of_peak"] for m in measured]
+            row["share_of_peak"] = None if None in shares else float(np.median(shares))
+        row["peak_rss_mb"] = max(m["peak_rss_mb"] for m in measured)
+        row["samples"] = sum(m["samples"] for m in measured)
+        row["rounds"] = len(measured)
+        speedups = [m["speedup"] for m in measured if m["speedup"] is not None]
+        row["speedup"] = float(np.median(speedups)) if speedups else None
+        row["speedup_range"] = [min(speedups), max(speedups)] if speedups else None
+        merged.append(row)
+    return merged
 
 
 def bench_models(
@@ -347,10 +399,13 @@ def bench_models(
         if settings.limit is None
         else BenchData(data.images[: settings.limit], data.labels[: settings.limit])
     )
-    rows, failures = _run_matrix(manifest, blocks, settings, data, eval_data, machine["peak"], console)
-    if not rows:
+    rounds, failures = _run_matrix(manifest, blocks, settings, data, eval_data, machine["peak"], console)
+    if not any(rounds):
         raise SlimserveError(f"every benchmark block failed; first error: {failures[0]['error']}")
-    reference_name = _add_ratios(rows)
+    # Every round's ratios, each against the same round's reference; the name is the same.
+    reference_names = [_add_ratios(rows) for rows in rounds if rows]
+    reference_name = reference_names[0]
+    rows = merge_rounds(rounds)
     over = max((row["share_of_peak"] or 0.0 for row in rows), default=0.0)
     if over > 1:
         peak = machine["peak"]

@@ -17,6 +17,7 @@ MODEL_COLUMNS = (
     ("p99 ms", "p99_ms", "{:.3f}"),
     ("img/s", "images_per_s", "{:,.0f}"),
     ("x ref", "speedup", "{:.2f}"),
+    ("x ref range", "speedup_range", "{0[0]:.2f}-{0[1]:.2f}"),
     ("GOP/s", "gops", "{:.1f}"),
     ("% peak", "share_of_peak", "{:.1%}"),
     ("peak RSS MB", "peak_rss_mb", "{:.0f}"),
@@ -115,6 +116,7 @@ def models_markdown(report: dict[str, Any]) -> str:
         f"- Peak RSS: {settings['peak_rss']}",
         f"- Speed-up (x ref) is against {summary['reference']} at the same batch size; "
         "it is also the ratio of p50 latencies",
+        f"- Rounds: {settings['aggregation']}",
         f"- Created: {report['created_at']}",
         "",
     ]

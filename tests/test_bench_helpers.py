@@ -79,3 +79,35 @@ def test_a_stated_clock_scales_the_peak():
     if nominal["units"] is not None:
         ratio = 3.7 / nominal["clock_ghz"]
         assert stated["int8_gops"] == pytest.approx(nominal["int8_gops"] * ratio, rel=1e-3)
+
+
+def _round_row(p50: float, p99: float, speedup: float | None, rss: float) -> dict:
+    return {
+        "variant": "int8", "runtime": "onnxruntime", "device": "CPUExecutionProvider", "batch_size": 64,
+        "p50_ms": p50, "p90_ms": p50, "p99_ms": p99, "mean_ms": p50, "min_ms": p50 / 2,
+        "images_per_s": 64 / (p50 / 1000), "macs": 1_000_000, "gops": 1.0, "share_of_peak": 0.5,
+        "peak_rss_mb": rss, "samples": 10, "speedup": speedup,
+    }  # fmt: skip
+
+
+def test_merge_rounds_takes_medians_and_the_ratio_range():
+    from benchmarks.models_bench import merge_rounds
+
+    rounds = [
+        [_round_row(4.0, 9.0, 5.0, 80)],
+        [_round_row(2.0, 3.0, 7.0, 90)],
+        [_round_row(3.0, 5.0, 4.0, 85)],
+    ]
+    [row] = merge_rounds(rounds)
+    assert row["p50_ms"] == 3.0 and row["p99_ms"] == 5.0
+    assert row["images_per_s"] == pytest.approx(64 / 0.003)
+    assert row["gops"] == pytest.approx(2 * 1_000_000 * 64 / 0.003 / 1e9)
+    assert row["speedup"] == 5.0 and row["speedup_range"] == [4.0, 7.0]
+    assert row["peak_rss_mb"] == 90 and row["samples"] == 30 and row["rounds"] == 3
+
+
+def test_merge_rounds_keeps_a_missing_reference_missing():
+    from benchmarks.models_bench import merge_rounds
+
+    [row] = merge_rounds([[_round_row(4.0, 9.0, None, 80)]])
+    assert row["speedup"] is None and row["speedup_range"] is None

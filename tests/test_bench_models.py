@@ -35,7 +35,18 @@ def tiny_bundle(tiny_cnn_run: Path, tmp_path_factory: pytest.TempPathFactory) ->
 @pytest.mark.slow
 def test_bench_models_writes_complete_sane_report(tiny_bundle: Path, tmp_path: Path):
     argv = ["bench", "models", str(tiny_bundle), "--batch-sizes", "1,4", "--warmup", "1", "--repeats", "5"]
-    argv += ["--max-seconds", "2", "--limit", "64", "--select-batch", "4", "--out", str(tmp_path)]
+    argv += [
+        "--max-seconds",
+        "2",
+        "--limit",
+        "64",
+        "--select-batch",
+        "4",
+        "--rounds",
+        "2",
+        "--out",
+        str(tmp_path),
+    ]
     assert main(argv) == 0
     report = json.loads((tmp_path / "bench-models.json").read_text())
     assert report["kind"] == "slimserve.bench-models"
@@ -52,13 +63,15 @@ def test_bench_models_writes_complete_sane_report(tiny_bundle: Path, tmp_path: P
     assert len(report["rows"]) == len(runtimes) * 2  # batch sizes 1 and 4
     for row in report["rows"]:
         assert row.keys() >= ROW_FIELDS, ROW_FIELDS - row.keys()
-        assert row["samples"] >= 5
         assert 0 < row["min_ms"] <= row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
         assert row["images_per_s"] > 0 and row["gops"] > 0 and row["share_of_peak"] > 0
         assert row["peak_rss_mb"] >= row["baseline_rss_mb"] > 0
         assert row["torch_imported"] == (row["runtime"] != "onnxruntime")  # ORT memory is ORT's alone
         assert row["file_bytes"] > 0 and row["macs"] > 0
         assert row["allocator"].startswith("glibc mallopt")  # applied in the worker, not just asked for
+        assert row["rounds"] == 2 and row["samples"] >= 10
+        low, high = row["speedup_range"]
+        assert 0 < low <= row["speedup"] <= high
         assert 0.0 <= row["accuracy"] <= 1.0
         assert row["top1_agreement"] == 1.0  # every runtime of the fp32 variant agrees with eager fp32
         assert "64 test images" in row["accuracy_source"]
