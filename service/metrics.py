@@ -14,7 +14,7 @@ predictions = bentoml.metrics.Counter(
 )
 inference_seconds = bentoml.metrics.Histogram(
     name="slimserve_inference_seconds",
-    documentation="Model call latency per variant (one call may hold a whole batch)",
+    documentation="Model call latency per variant, without the wait for the model thread (one call may hold a whole batch)",
     labelnames=["variant"],
     buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0),
 )
