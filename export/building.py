@@ -60,6 +60,7 @@ class ExportSettings:
     finetune_lr: float = 0.01
     sparsity: float = 0.5
     seed: int = 0
+    student: str | None = None  # a `slimserve distill` run: the distilled variants' network
 
     def __post_init__(self) -> None:
         checks = [
@@ -98,6 +99,7 @@ class ExportContext:
     float_models: dict[str, nn.Module] = field(default_factory=dict)
     float_accuracies: dict[str, float] = field(default_factory=dict)
     float_sparsity: dict[str, float] = field(default_factory=dict)
+    student: Any = None  # the verified student checkpoint when --student was given
 
     @property
     def parity_set(self) -> ImageSet:

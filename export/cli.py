@@ -5,7 +5,7 @@ from pathlib import Path
 
 from slimserve.cli_types import positive_float, positive_int, share, share_or_bound
 
-VARIANT_NAMES = ("fp32", "int8", "pruned", "pruned-int8", "sparse")
+VARIANT_NAMES = ("fp32", "int8", "pruned", "pruned-int8", "sparse", "distilled", "distilled-int8")
 
 
 def _variant_list(text: str) -> list[str]:
@@ -32,6 +32,7 @@ def _export(args: argparse.Namespace) -> None:
         finetune_lr=args.finetune_lr,
         sparsity=args.sparsity,
         seed=args.seed,
+        student=None if args.student is None else str(args.student.resolve()),
     )
     export_bundle(
         Path(args.run_dir),
@@ -81,7 +82,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     export.add_argument(
         "--variants",
         type=_variant_list,
-        help=f"comma-separated subset of {','.join(VARIANT_NAMES)} (default: all)",
+        help=f"comma-separated subset of {','.join(VARIANT_NAMES)} (default: all; the distilled ones "
+        "only with --student)",
     )
     export.add_argument(
         "--limit",
@@ -130,6 +132,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         type=share,
         default=0.5,
         help="sparse: share of Conv/Linear weights set to zero (default: 0.5)",
+    )
+    export.add_argument(
+        "--student",
+        type=Path,
+        metavar="RUN_DIR",
+        help="a `slimserve distill` run: adds the distilled and distilled-int8 variants",
     )
     export.add_argument("--seed", type=int, default=0, help="seed for subsets and fine-tuning (default: 0)")
     export.add_argument(

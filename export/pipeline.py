@@ -25,10 +25,10 @@ from export.data import checkpoint_data, image_set
 from export.failures import describe_failure
 from export.formats import eager_runner, quiet_torch_deprecations
 from export.report import print_report
-from export.variants import BUILDERS
+from export.variants import BUILDERS, STUDENT_VARIANTS
 from slimserve.errors import SlimserveError
 from slimserve.manifest import SCHEMA_VERSION, Manifest, check_name, read_manifest, write_manifest
-from training.checkpoint import library_versions, load_checkpoint
+from training.checkpoint import Checkpoint, library_versions, load_checkpoint
 from training.datasets import limit_dataset
 from training.tensors import materialize
 
@@ -55,13 +55,38 @@ def default_variant(variants: dict[str, dict[str, Any]]) -> str:
     return next(iter(variants))
 
 
-def _select(variants: list[str] | None) -> list[str]:
+def _select(variants: list[str] | None, student: bool) -> list[str]:
     if not variants:
-        return list(BUILDERS)
+        return [v for v in BUILDERS if student or v not in STUDENT_VARIANTS]
     unknown = [v for v in variants if v not in BUILDERS]
     if unknown:
         raise SlimserveError(f"unknown variant {', '.join(unknown)}; choose from {', '.join(BUILDERS)}")
+    needs_student = [v for v in variants if v in STUDENT_VARIANTS]
+    if needs_student and not student:
+        raise SlimserveError(
+            f"variant {needs_student[0]} needs --student RUN_DIR (a `slimserve distill` run)"
+        )
     return [v for v in BUILDERS if v in variants]  # build order, so dependencies come first
+
+
+STUDENT_MUST_MATCH = ("dataset", "classes", "preprocess")
+
+
+def load_student(run_dir: str, parent: dict[str, Any]) -> Checkpoint:
+    """The distilled student, verified; it must see the same inputs and name the same classes
+    as the bundle's checkpoint, or the service would preprocess for one and run the other."""
+    student = load_checkpoint(run_dir)
+    if "distillation" not in student.metadata:
+        raise SlimserveError(
+            f"--student {run_dir} was not trained by `slimserve distill` (no teacher recorded)"
+        )
+    for key in STUDENT_MUST_MATCH:
+        if student.metadata[key] != parent[key]:
+            raise SlimserveError(
+                f"--student {run_dir}: its {key} differs from the checkpoint's "
+                f"({student.metadata[key]!r} vs {parent[key]!r})"
+            )
+    return student
 
 
 def export_bundle(
@@ -84,9 +109,10 @@ def export_bundle(
     """
     console = console or Console()
     settings = settings or ExportSettings()
-    selected = _select(variants)
+    selected = _select(variants, settings.student is not None)
     checkpoint = load_checkpoint(run_dir)  # verifies the weights' sha256, refuses tampering
     meta = checkpoint.metadata
+    student = None if settings.student is None else load_student(settings.student, meta)
     name = check_name("bundle", name) if name else default_bundle_name(meta)
     version = check_name("version", version or new_version())
     bundle_dir = Path(out) / name / version
@@ -124,6 +150,7 @@ def export_bundle(
         bundle_dir=bundle_dir,
         fp32_accuracy=fp32_accuracy,
         fp32_predictions=fp32_logits.argmax(1),
+        student=student,
     )
     entries: dict[str, dict[str, Any]] = {}
     failed: dict[str, dict[str, Any]] = {}

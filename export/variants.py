@@ -6,6 +6,7 @@ the context.
 """
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from export.building import ExportContext, export_float, finish_variant, macs_and_params
@@ -90,6 +91,51 @@ def build_pruned_int8(ctx: ExportContext) -> dict[str, Any]:
     return quantized_variant(ctx, "pruned-int8", "pruned")
 
 
+def build_distilled(ctx: ExportContext) -> dict[str, Any]:
+    """The student network as a variant of this bundle: a different, smaller architecture
+    trained by `slimserve distill`, measured against this bundle's fp32 like any variant."""
+    student = ctx.student
+    meta = student.metadata
+    macs, params = macs_and_params(student.model, ctx.spec)
+    parent_macs, _ = macs_and_params(ctx.parent, ctx.spec)
+    kd = meta["distillation"]
+    artifacts, skipped = export_float(ctx, "distilled", student.model)
+    entry = finish_variant(
+        ctx,
+        "distilled",
+        artifacts,
+        skipped_formats=skipped,
+        description=f"{meta['arch']} student distilled from a {kd['teacher_arch']} teacher, "
+        f"{parent_macs / macs:.1f}x fewer MACs than fp32",
+        precision="fp32",
+        sparsity=0.0,
+        params=params,
+        macs=macs,
+        export_settings={
+            "student": {
+                "run_dir": str(Path(ctx.settings.student).resolve()),
+                "weights_sha256": meta["weights_sha256"],
+                "arch": meta["arch"],
+                "arch_kwargs": meta["arch_kwargs"],
+                "checkpoint_test_accuracy": meta.get("metrics", {}).get("test_accuracy"),
+                "distillation": kd,
+            },
+            "onnx_opset": ONNX_OPSET,
+            "torchscript": "trace + freeze",
+            "pt2": PT2_SETTINGS,
+        },
+        notes=f"a separate network ({meta['arch']}), trained with soft targets from the teacher at "
+        f"{kd['teacher_run_dir']}; same dataset, classes and preprocessing as this bundle",
+    )
+    ctx.float_models["distilled"] = student.model
+    ctx.float_accuracies["distilled"] = entry["test_accuracy"]
+    return entry
+
+
+def build_distilled_int8(ctx: ExportContext) -> dict[str, Any]:
+    return quantized_variant(ctx, "distilled-int8", "distilled")
+
+
 def build_sparse(ctx: ExportContext) -> dict[str, Any]:
     model = unstructured_prune(ctx.parent, ctx.settings.sparsity)
     sparsity = weight_sparsity(model)
@@ -128,4 +174,8 @@ BUILDERS: dict[str, Builder] = {
     "pruned": build_pruned,
     "pruned-int8": build_pruned_int8,
     "sparse": build_sparse,
+    "distilled": build_distilled,
+    "distilled-int8": build_distilled_int8,
 }
+# Built only from a student run (--student); the others from the checkpoint alone.
+STUDENT_VARIANTS = ("distilled", "distilled-int8")

@@ -8,6 +8,7 @@ import safetensors.torch
 import torch
 from rich.console import Console
 
+from export.building import ExportSettings
 from export.distill import REPORT_FILE, distill
 from export.pipeline import export_bundle
 from slimserve.cli import main
@@ -58,6 +59,24 @@ def test_distilled_student_is_a_checkpoint_export_accepts(tiny_cnn_run, tmp_path
     )
     assert manifest.data["parent"]["arch"] == "cnn-small"
 
+    # The student as variants of the teacher's own bundle, measured against its fp32.
+    settings = ExportSettings(student=str(result.student_dir))
+    bundle = export_bundle(
+        tiny_cnn_run, out=tmp_path / "bundles", name="with-student", variants=["fp32", "distilled", "distilled-int8"],
+        limit=200, settings=settings, register=False, console=QUIET,
+    )  # fmt: skip
+    fp32, distilled = bundle.variant("fp32").entry, bundle.variant("distilled").entry
+    assert not bundle.data["failed"], bundle.data["failed"]
+    assert distilled["macs"] == 4_962_698  # the student's own network, not the (tiny) teacher's
+    assert distilled["export_settings"]["student"]["weights_sha256"] == student.metadata["weights_sha256"]
+    assert distilled["accuracy_drop"] == pytest.approx(
+        (fp32["test_accuracy"] - distilled["test_accuracy"]) * 100
+    )
+    assert all(check["passed"] for check in distilled["parity"].values())
+    quantized = bundle.variant("distilled-int8").entry
+    assert quantized["budget_reference"] == "distilled" and quantized["precision"] == "int8"
+    assert "onnx" in bundle.variant("distilled-int8").files
+
     # Same settings again: the twin is reused, not retrained.
     before = _weights(result.twin_dir)
     again = distill(
@@ -95,3 +114,24 @@ def test_distill_cli_and_its_errors(tiny_cnn_run, tmp_path, capsys):
         main([*args, "--alpha", "1.5"])
     with pytest.raises(SlimserveError, match="temperature"):
         distill(tiny_cnn_run, _student_config(), temperature=-1.0, out=tmp_path / "t", console=QUIET)
+
+
+def test_export_refuses_a_student_it_cannot_serve_beside_the_checkpoint(
+    tiny_cnn_run, tiny_mlp_run, tmp_path, capsys
+):
+    out = tmp_path / "bundles"
+    with pytest.raises(SlimserveError, match="variant distilled needs --student"):
+        export_bundle(tiny_cnn_run, out=out, variants=["distilled"], register=False, console=QUIET)
+    # A plain training run is not a distilled student.
+    with pytest.raises(SlimserveError, match="was not trained by `slimserve distill`"):
+        export_bundle(
+            tiny_cnn_run,
+            out=out,
+            settings=ExportSettings(student=str(tiny_mlp_run)),
+            register=False,
+            console=QUIET,
+        )
+    argv = ["export", str(tiny_cnn_run), "--variants", "distilled-int8", "--out", str(out), "--no-register"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "needs --student" in err
