@@ -53,6 +53,9 @@ def _b64(value: Any, where: str) -> bytes:
         raise RequestError(400, f"{where} is not valid base64") from None
 
 
+OPTIONS = ("variant", "top_k")
+
+
 async def read_payloads(request: Request, many: bool, max_images: int) -> tuple[list[bytes], dict[str, Any]]:
     """The image bytes of a request and its options (query parameters, or JSON fields)."""
     options: dict[str, Any] = dict(request.query_params)
@@ -92,7 +95,7 @@ async def read_payloads(request: Request, many: bool, max_images: int) -> tuple[
             payloads = [_b64(v, f"images[{i}]") for i, v in enumerate(body[key][: max_images + 1])]
         else:
             payloads = [_b64(body[key], "'image'")]
-        options.update({k: v for k, v in body.items() if k in ("variant", "top_k")})
+        options.update({k: v for k, v in body.items() if k != key})
     else:
         raise RequestError(415, f"unsupported content type {media_type or '(none)'!r}; send {ACCEPTED}")
     if many and len(payloads) > max_images:
@@ -101,6 +104,9 @@ async def read_payloads(request: Request, many: bool, max_images: int) -> tuple[
         raise RequestError(
             400, f"send exactly one image here ({len(payloads)} given); batches go to /predict/batch"
         )
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:  # a misspelt option would otherwise fall back to the default silently
+        raise RequestError(400, f"unknown parameter {unknown[0]!r}; accepted: {', '.join(OPTIONS)}")
     return payloads, options
 
 

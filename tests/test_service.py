@@ -320,6 +320,8 @@ def _tiff() -> bytes:
         ("unknown-model", 404, "unknown model 'nope'; loaded: "),
         ("batch-too-large", 413, "limit is 4"),
         ("bad-top-k", 400, "top_k must be"),
+        ("misspelt-option", 400, "unknown parameter 'model'; accepted: variant, top_k"),
+        ("misspelt-json-field", 400, "unknown parameter 'topk'"),
         ("two-files-to-predict", 400, "exactly one image"),
     ],
 )
@@ -344,6 +346,10 @@ def test_errors_are_json_objects_with_the_right_status(server, fashion, sample_p
             "/predict/batch", files=[("files", (f"{i}.png", sample_png, "image/png")) for i in range(5)]
         ),
         "bad-top-k": lambda: server.client.post("/predict?top_k=zero", content=sample_png, headers=png),
+        "misspelt-option": lambda: server.client.post("/predict?model=fp32", content=sample_png, headers=png),
+        "misspelt-json-field": lambda: server.client.post(
+            "/predict", json={"image": base64.b64encode(sample_png).decode(), "topk": 2}
+        ),
         "two-files-to-predict": lambda: server.client.post(
             "/predict",
             files=[("a", ("a.png", sample_png, "image/png")), ("b", ("b.png", sample_png, "image/png"))],
