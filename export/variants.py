@@ -106,7 +106,7 @@ def build_distilled(ctx: ExportContext) -> dict[str, Any]:
         artifacts,
         skipped_formats=skipped,
         description=f"{meta['arch']} student distilled from a {kd['teacher_arch']} teacher, "
-        f"{parent_macs / macs:.1f}x fewer MACs than fp32",
+        f"{macs / parent_macs:.0%} of fp32's MACs",
         precision="fp32",
         sparsity=0.0,
         params=params,
