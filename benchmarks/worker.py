@@ -18,7 +18,7 @@ import numpy as np
 from benchmarks.runtimes import EAGER, ONNXRUNTIME, TORCHSCRIPT, Runner
 from benchmarks.stats import latency_summary
 from benchmarks.timing import time_calls
-from slimserve.allocator import POLICY, retain_freed_memory
+from slimserve.allocator import apply_policy
 from slimserve.errors import SlimserveError
 from slimserve.manifest import read_manifest
 
@@ -71,15 +71,8 @@ def predict(runner: Runner, images: np.ndarray, batch_size: int) -> list[int]:
     ]
 
 
-def _apply_malloc_policy(choice: str) -> str:
-    """Before any runtime allocates, so every block measures under the same policy."""
-    if choice == "retain":
-        return POLICY if retain_freed_memory() else "C library default (not glibc: policy unavailable)"
-    return "C library default"
-
-
 def run_job(job: dict[str, Any]) -> None:
-    allocator = _apply_malloc_policy(job["malloc"])
+    allocator = apply_policy(job["malloc"] == "retain")  # before any runtime allocates
     _import_runtime(job["runtime"])
     emit("imported", baseline_rss_mb=peak_rss_mb(), allocator=allocator)
     started = time.perf_counter()

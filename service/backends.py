@@ -12,7 +12,7 @@ from typing import Protocol
 import numpy as np
 
 from service.providers import CPU, CUDA, TENSORRT, check_providers, requested_providers
-from slimserve.allocator import POLICY, retain_freed_memory
+from slimserve.allocator import apply_policy
 from slimserve.errors import SlimserveError
 
 logger = logging.getLogger("slimserve.service")
@@ -87,7 +87,7 @@ class TorchScriptBackend:
         torch.set_num_threads(threads)
         # Without it every request page-faults its activations back in (slimserve.allocator);
         # the policy is per process, and a torch-backed worker serves nothing else.
-        self.allocator = POLICY if retain_freed_memory() else "C library default (not glibc)"
+        self.allocator = apply_policy(retain=True)
         try:
             # TorchScript archives hold code and tensors, not pickled Python objects; the
             # file's sha256 was verified against the manifest before this call. Choosing this

@@ -41,3 +41,10 @@ def retain_freed_memory() -> bool:
         libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
         and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
     )
+
+
+def apply_policy(retain: bool) -> str:
+    """Apply the policy when asked and say, in words, which one this process runs with."""
+    if not retain:
+        return "C library default"
+    return POLICY if retain_freed_memory() else "C library default (not glibc: policy unavailable)"
