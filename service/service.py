@@ -149,12 +149,7 @@ def _timed_run(variant: LoadedVariant, batch: np.ndarray) -> tuple[np.ndarray, f
 
 def _model_seconds(variant: LoadedVariant) -> float:
     sample = np.zeros((1, *variant.manifest.spec.input_shape), dtype=np.float32)
-    times = []
-    for _ in range(5):
-        start = time.perf_counter()
-        variant.backend.run(sample)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(_timed_run(variant, sample)[1] for _ in range(5))
 
 
 # Model references at class scope (BentoML reads them when the class is decorated, and a
