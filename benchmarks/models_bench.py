@@ -143,6 +143,11 @@ def _accuracy(
     }
 
 
+def achieved_gops(macs: int | None, images_per_s: float) -> float | None:
+    """1 MAC = 2 ops; None where the manifest has no MAC count."""
+    return None if not macs else 2.0 * float(macs) * images_per_s / 1e9
+
+
 def _rows(
     manifest: Manifest,
     block: Block,
@@ -154,7 +159,7 @@ def _rows(
     macs = variant.entry.get("macs")
     rows = []
     for batch in result.batches:
-        gops = None if not macs else 2.0 * float(macs) * batch["images_per_s"] / 1e9
+        gops = achieved_gops(macs, batch["images_per_s"])
         rows.append(
             {
                 "variant": block.variant,
@@ -359,7 +364,7 @@ def merge_rounds(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
             row[key] = float(np.median([m[key] for m in measured]))
         row["images_per_s"] = row["batch_size"] / (row["p50_ms"] / 1000.0)
         if row["gops"] is not None:
-            row["gops"] = 2.0 * float(row["macs"]) * row["images_per_s"] / 1e9
+            row["gops"] = achieved_gops(row["macs"], row["images_per_s"])
             shares = [m["share_of_peak"] for m in measured]
             row["share_of_peak"] = None if None in shares else float(np.median(shares))
         row["peak_rss_mb"] = max(m["peak_rss_mb"] for m in measured)
