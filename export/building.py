@@ -61,6 +61,8 @@ class ExportSettings:
     sparsity: float = 0.5
     seed: int = 0
     student: str | None = None  # a `slimserve distill` run: the distilled variants' network
+    drop_blocks: tuple[str, ...] = ()  # pruned: blocks replaced by identities before channel pruning
+    finetune_teacher: str | None = None  # pruned: fine-tune by distillation from this run
 
     def __post_init__(self) -> None:
         checks = [
@@ -69,6 +71,11 @@ class ExportSettings:
             (0 < self.prune_macs < 1, f"--prune-macs must be between 0 and 1, got {self.prune_macs}"),
             (0 < self.sparsity < 1, f"--sparsity must be between 0 and 1, got {self.sparsity}"),
             (self.finetune_epochs >= 0, "--finetune-epochs must not be negative"),
+            (
+                self.finetune_epochs > 0 or self.finetune_teacher is None,
+                "--finetune-teacher needs --finetune-epochs above 0",
+            ),
+            (len(set(self.drop_blocks)) == len(self.drop_blocks), "--drop-blocks names a block twice"),
             (self.max_accuracy_drop >= 0, "--max-accuracy-drop must not be negative"),
         ]
         for ok, message in checks:
@@ -76,7 +83,7 @@ class ExportSettings:
                 raise SlimserveError(message)
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {**self.__dict__, "drop_blocks": list(self.drop_blocks)}
 
 
 @dataclass
@@ -100,6 +107,7 @@ class ExportContext:
     float_accuracies: dict[str, float] = field(default_factory=dict)
     float_sparsity: dict[str, float] = field(default_factory=dict)
     student: Any = None  # the verified student checkpoint when --student was given
+    teacher: Any = None  # the verified fine-tuning teacher when --finetune-teacher was given
 
     @property
     def parity_set(self) -> ImageSet:

@@ -18,6 +18,13 @@ def _variant_list(text: str) -> list[str]:
     return names
 
 
+def _block_list(text: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected module names such as stages.1,stages.2, got {text!r}")
+    return names
+
+
 def _export(args: argparse.Namespace) -> None:
     from export.building import ExportSettings
     from export.pipeline import export_bundle
@@ -33,6 +40,8 @@ def _export(args: argparse.Namespace) -> None:
         sparsity=args.sparsity,
         seed=args.seed,
         student=None if args.student is None else str(args.student.resolve()),
+        drop_blocks=args.drop_blocks,
+        finetune_teacher=None if args.finetune_teacher is None else str(args.finetune_teacher.resolve()),
     )
     export_bundle(
         Path(args.run_dir),
@@ -116,7 +125,23 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--prune-macs",
         type=share,
         default=0.5,
-        help="pruned: share of MACs structured pruning removes (default: 0.5)",
+        help="pruned: share of fp32's MACs structured pruning removes, dropped blocks included "
+        "(default: 0.5)",
+    )
+    export.add_argument(
+        "--drop-blocks",
+        type=_block_list,
+        default=(),
+        metavar="NAMES",
+        help="pruned: comma-separated blocks to replace by identities before channel pruning, e.g. "
+        "stages.1,stages.2 (a wrong name lists the droppable ones); --prune-macs stays the total",
+    )
+    export.add_argument(
+        "--finetune-teacher",
+        type=Path,
+        metavar="RUN_DIR",
+        help="pruned: fine-tune by distillation from this run (same dataset and classes; best trained "
+        "with --label-smoothing 0) instead of on the labels",
     )
     export.add_argument(
         "--finetune-epochs",

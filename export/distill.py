@@ -21,7 +21,7 @@ from slimserve.errors import SlimserveError
 from training.checkpoint import METADATA_FILE, load_checkpoint, read_metadata, write_json
 from training.config import TrainConfig
 from training.datasets import limit_dataset, load_data
-from training.distillation import Distillation
+from training.distillation import distill_from
 from training.models import build_model
 from training.tensors import materialize
 from training.train import STATE_FILE, evaluate_model, train
@@ -108,14 +108,7 @@ def distill(
     name = f"{config.model}-{config.dataset.replace('folder:', 'folder-').replace('/', '_').strip('_')}"
     student_dir = Path(out) if out else Path("runs") / f"{name}-distilled"
     twin_dir = Path(twin_out) if twin_out else student_dir.with_name(f"{student_dir.name}-no-teacher")
-    distillation = Distillation(
-        teacher=teacher.model,
-        temperature=temperature,
-        alpha=alpha,
-        teacher_run_dir=str(Path(teacher_dir).resolve()),
-        teacher_sha256=teacher.metadata["weights_sha256"],
-        teacher_arch=teacher.metadata["arch"],
-    )
+    distillation = distill_from(teacher, temperature=temperature, alpha=alpha)
     smoothing = teacher.metadata.get("train_config", {}).get("label_smoothing", 0.0)
     if smoothing:
         # Label smoothing pulls a network's wrong-class logits to nearly one value (Muller,

@@ -23,7 +23,8 @@ from export.building import ExportContext, ExportSettings
 from export.checks import accuracy, predict
 from export.data import checkpoint_data, image_set
 from export.failures import describe_failure
-from export.formats import eager_runner, quiet_torch_deprecations
+from export.formats import eager_runner, example_batch, quiet_torch_deprecations
+from export.prune import check_droppable
 from export.report import print_report
 from export.variants import BUILDERS, STUDENT_VARIANTS
 from slimserve.errors import SlimserveError
@@ -69,24 +70,45 @@ def _select(variants: list[str] | None, student: bool) -> list[str]:
     return [v for v in BUILDERS if v in variants]  # build order, so dependencies come first
 
 
-STUDENT_MUST_MATCH = ("dataset", "classes", "preprocess")
+MUST_MATCH = ("dataset", "classes", "preprocess")
+
+
+def load_matching(run_dir: str, parent: dict[str, Any], option: str) -> Checkpoint:
+    """Another run this export uses (a student, a fine-tuning teacher), verified; it must see
+    the same inputs and name the same classes as the bundle's checkpoint, or the service
+    would preprocess for one network and run another, or a teacher would teach other classes."""
+    checkpoint = load_checkpoint(run_dir)
+    for key in MUST_MATCH:
+        if checkpoint.metadata[key] != parent[key]:
+            raise SlimserveError(
+                f"{option} {run_dir}: its {key} differs from the checkpoint's "
+                f"({checkpoint.metadata[key]!r} vs {parent[key]!r})"
+            )
+    return checkpoint
 
 
 def load_student(run_dir: str, parent: dict[str, Any]) -> Checkpoint:
-    """The distilled student, verified; it must see the same inputs and name the same classes
-    as the bundle's checkpoint, or the service would preprocess for one and run the other."""
-    student = load_checkpoint(run_dir)
+    """The distilled student: a matching run trained by `slimserve distill`."""
+    student = load_matching(run_dir, parent, "--student")
     if "distillation" not in student.metadata:
         raise SlimserveError(
             f"--student {run_dir} was not trained by `slimserve distill` (no teacher recorded)"
         )
-    for key in STUDENT_MUST_MATCH:
-        if student.metadata[key] != parent[key]:
-            raise SlimserveError(
-                f"--student {run_dir}: its {key} differs from the checkpoint's "
-                f"({student.metadata[key]!r} vs {parent[key]!r})"
-            )
     return student
+
+
+def _check_pruning_options(settings: ExportSettings, selected: list[str], checkpoint: Checkpoint) -> None:
+    """Options that only shape the pruned model must not be silently ignored, nor fail
+    after the variants before it were built."""
+    if "pruned" in selected or "pruned-int8" in selected:
+        check_droppable(checkpoint.model, example_batch(checkpoint.spec.input_shape, 1), settings.drop_blocks)
+        return
+    for option, value in (
+        ("--drop-blocks", settings.drop_blocks),
+        ("--finetune-teacher", settings.finetune_teacher),
+    ):
+        if value:
+            raise SlimserveError(f"{option} shapes the pruned variants, and none is selected")
 
 
 def export_bundle(
@@ -113,6 +135,12 @@ def export_bundle(
     checkpoint = load_checkpoint(run_dir)  # verifies the weights' sha256, refuses tampering
     meta = checkpoint.metadata
     student = None if settings.student is None else load_student(settings.student, meta)
+    _check_pruning_options(settings, selected, checkpoint)
+    teacher = (
+        None
+        if settings.finetune_teacher is None
+        else load_matching(settings.finetune_teacher, meta, "--finetune-teacher")
+    )
     name = check_name("bundle", name) if name else default_bundle_name(meta)
     version = check_name("version", version or new_version())
     bundle_dir = Path(out) / name / version
@@ -151,6 +179,7 @@ def export_bundle(
         fp32_accuracy=fp32_accuracy,
         fp32_predictions=fp32_logits.argmax(1),
         student=student,
+        teacher=teacher,
     )
     entries: dict[str, dict[str, Any]] = {}
     failed: dict[str, dict[str, Any]] = {}

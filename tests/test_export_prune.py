@@ -13,6 +13,8 @@ from export.building import ExportSettings
 from export.formats import example_batch
 from export.pipeline import export_bundle
 from export.prune import structured_prune
+from slimserve.cli import main
+from slimserve.errors import SlimserveError
 from training.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -113,3 +115,81 @@ def test_structured_pruning_keeps_resnet_residuals_consistent(tiny_resnet_run, t
     assert manifest.data["failed"] == {}
     assert manifest.variant("pruned").entry["macs"] <= 0.5 * manifest.variant("fp32").entry["macs"]
     assert np.isfinite(manifest.variant("pruned").entry["test_accuracy"])
+
+
+def test_depth_pruning_drops_blocks_and_fine_tunes_from_a_teacher(tiny_resnet_run, tiny_cnn_run, tmp_path):
+    settings = ExportSettings(
+        prune_macs=0.6, drop_blocks=("stages.0",), finetune_teacher=str(tiny_cnn_run), finetune_epochs=1
+    )
+    manifest = export_bundle(
+        tiny_resnet_run,
+        out=tmp_path,
+        variants=["fp32", "pruned"],
+        limit=400,
+        settings=settings,
+        register=False,
+    )
+    assert manifest.data["failed"] == {}
+    fp32, pruned = manifest.variant("fp32").entry, manifest.variant("pruned").entry
+    depth = pruned["export_settings"]["depth_pruning"]
+    assert depth["dropped_blocks"] == ["stages.0"] and depth["macs_before"] == fp32["macs"]
+    # --prune-macs is the total: channel pruning removes what dropping the block did not.
+    assert pruned["macs"] <= 0.4 * fp32["macs"]
+    assert pruned["export_settings"]["mac_reduction"] >= 0.6
+    assert pruned["export_settings"]["pruning"]["macs_before"] < fp32["macs"]
+    # The block's two 3x3 convolutions are gone from the exported graph.
+    convs = lambda variant: sum(node.op_type == "Conv" for node in _onnx(manifest, variant).graph.node)  # noqa: E731
+    assert convs("pruned") == convs("fp32") - 2
+    assert all(parity["passed"] for parity in pruned["parity"].values())
+    finetune = pruned["export_settings"]["finetune"]
+    assert finetune["loss"] == "distillation" and finetune["epochs"] == 1
+    teacher = finetune["distillation"]
+    assert teacher["teacher_arch"] == "cnn"
+    assert teacher["teacher_sha256"] == load_checkpoint(tiny_cnn_run).metadata["weights_sha256"]
+    assert "by distillation" in pruned["notes"]
+
+
+def test_depth_pruning_refuses_a_block_that_changes_shape_before_building(tiny_resnet_run, tmp_path):
+    # stages.1 halves the resolution and doubles the channels: no identity can stand in.
+    settings = ExportSettings(drop_blocks=("stages.1",))
+    with pytest.raises(SlimserveError, match=r"'stages.1' is not a block .* droppable here: stages.0"):
+        export_bundle(
+            tiny_resnet_run, out=tmp_path, variants=["fp32", "pruned"], settings=settings, register=False
+        )
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_pruning_options_without_a_pruned_variant_are_refused(tiny_resnet_run, tmp_path):
+    for settings in (
+        ExportSettings(drop_blocks=("stages.0",)),
+        ExportSettings(finetune_teacher=str(tiny_resnet_run)),
+    ):
+        with pytest.raises(SlimserveError, match="shapes the pruned variants, and none is selected"):
+            export_bundle(tiny_resnet_run, out=tmp_path, variants=["fp32"], settings=settings, register=False)
+
+
+def test_cli_names_the_droppable_blocks_in_one_line(tiny_resnet_run, tmp_path, capsys):
+    argv = [
+        "export",
+        str(tiny_resnet_run),
+        "--drop-blocks",
+        "stages.9",
+        "--out",
+        str(tmp_path),
+        "--no-register",
+    ]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "'stages.9' is not a block" in err and "droppable here: stages.0" in err
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"finetune_teacher": "runs/teacher", "finetune_epochs": 0}, "needs --finetune-epochs above 0"),
+        ({"drop_blocks": ("stages.1", "stages.1")}, "names a block twice"),
+    ],
+)
+def test_contradictory_pruning_settings_are_refused(kwargs, message):
+    with pytest.raises(SlimserveError, match=message):
+        ExportSettings(**kwargs)

@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn import functional
 
 from slimserve.errors import SlimserveError
+from training.checkpoint import Checkpoint
 
 
 @dataclass(frozen=True)
@@ -48,3 +49,16 @@ class Distillation:
             log_target=True,
         )
         return self.alpha * t * t * soft + (1 - self.alpha) * ce(logits, labels)
+
+
+def distill_from(teacher: Checkpoint, *, temperature: float, alpha: float) -> Distillation:
+    """Distillation from a verified checkpoint, recording which teacher (path and weights
+    hash) so the student's metadata can name it."""
+    return Distillation(
+        teacher=teacher.model,
+        temperature=temperature,
+        alpha=alpha,
+        teacher_run_dir=str(teacher.run_dir.resolve()),
+        teacher_sha256=teacher.metadata["weights_sha256"],
+        teacher_arch=teacher.metadata["arch"],
+    )
