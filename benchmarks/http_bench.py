@@ -167,7 +167,23 @@ def summarize_run(state: dict[str, Any], users: int) -> dict[str, Any]:
     if len(ok) >= 2:
         summary.update({f"{k}_ms": v for k, v in percentiles(ok).items()})
         summary["mean_ms"] = sum(ok) / len(ok)
+    summary.update(cpu_per_request(state, total))
     return summary
+
+
+def cpu_per_request(state: dict[str, Any], requests: int) -> dict[str, float]:
+    """CPU milliseconds per request the load generator spent, and the whole machine (server,
+    load generator, anything else) spent, over the run; the connection-opening requests
+    count too, since their work is inside the same readings."""
+    cpu = state.get("cpu", {})
+    handled = requests + state.get("warmups", 0)
+    if not handled or "start" not in cpu or "end" not in cpu:
+        return {}
+    start, end = cpu["start"], cpu["end"]
+    out = {"cpu_ms_load_generator": (end["load_generator_s"] - start["load_generator_s"]) * 1000 / handled}
+    if start["machine_s"] is not None and end["machine_s"] is not None:
+        out["cpu_ms_machine"] = (end["machine_s"] - start["machine_s"]) * 1000 / handled
+    return out
 
 
 @contextlib.contextmanager
@@ -255,11 +271,21 @@ def in_process(
 def comparisons(results: dict[str, list[dict[str, Any]]], local: dict[str, Any] | None) -> dict[str, Any]:
     """The ratios the targets are stated in, per concurrency."""
     by = {target: {row["concurrency"]: row for row in rows} for target, rows in results.items()}
-    out: dict[str, Any] = {"batching_gain": {}, "share_of_reference": {}, "added_p50_ms_at_concurrency_1": {}}
+    out: dict[str, Any] = {
+        "batching_gain": {},
+        "batching_gain_ceiling": {},
+        "share_of_reference": {},
+        "added_p50_ms_at_concurrency_1": {},
+    }
     for level, row in by.get("adaptive", {}).items():
         unbatched = by.get("unbatched", {}).get(level)
         if unbatched and unbatched.get("ok_per_s") and row.get("ok_per_s"):
             out["batching_gain"][level] = row["ok_per_s"] / unbatched["ok_per_s"]
+        if unbatched and local is not None and "cpu_ms_machine" in unbatched:
+            # If batching made the model free, a request would still cost everything else.
+            rest = unbatched["cpu_ms_machine"] - local["model_only"]["p50_ms"]
+            if rest > 0:
+                out["batching_gain_ceiling"][level] = unbatched["cpu_ms_machine"] / rest
     for target in ("adaptive", "unbatched"):
         for level, row in by.get(target, {}).items():
             reference = by.get("reference", {}).get(level)

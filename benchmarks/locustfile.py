@@ -5,6 +5,10 @@ time), so concurrency equals the number of users. Latencies are taken from locus
 ``request`` event, which carries the unrounded time (its own statistics round to whole
 milliseconds below 100 ms, too coarse for a 1.5 ms budget), and written as JSON when the
 run ends. Each user's first request opens its connection and is not counted.
+
+CPU is read at the start and end of the run, for this process and for the whole machine,
+so the report can say what each request cost the load generator and everything else: on a
+machine that runs both, that is what bounds the server's throughput.
 """
 
 import itertools
@@ -18,7 +22,26 @@ import gevent
 from locust import constant, events, task
 from locust.contrib.fasthttp import FastHttpUser
 
-STATE: dict[str, Any] = {"latencies_ms": [], "errors": {}, "starts": [], "ends": [], "sent": 0}
+from benchmarks.machine import busy_cpu_seconds
+
+STATE: dict[str, Any] = {
+    "latencies_ms": [],
+    "errors": {},
+    "starts": [],
+    "ends": [],
+    "sent": 0,
+    "warmups": 0,
+    "cpu": {},
+}
+
+
+def _cpu_reading() -> dict[str, float | None]:
+    return {"load_generator_s": time.process_time(), "machine_s": busy_cpu_seconds()}
+
+
+@events.test_start.add_listener
+def _cpu_at_start(**_: Any) -> None:
+    STATE["cpu"]["start"] = _cpu_reading()
 
 
 @events.init_command_line_parser.add_listener
@@ -42,6 +65,7 @@ def _record(
     response_time: float, exception: Exception | None, context: dict, response=None, **_: Any
 ) -> None:
     if context.get("warmup"):
+        STATE["warmups"] += 1
         return
     now = time.perf_counter()
     STATE["starts"].append(now - response_time / 1000.0)
@@ -56,6 +80,7 @@ def _record(
 
 @events.quitting.add_listener
 def _write(environment, **_: Any) -> None:
+    STATE["cpu"]["end"] = _cpu_reading()
     out = environment.parsed_options.slim_out
     if out:
         Path(out).write_text(json.dumps(STATE))

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 CPUINFO = Path("/proc/cpuinfo")
+PROC_STAT = Path("/proc/stat")
 MEMINFO = Path("/proc/meminfo")
 MAX_FREQ = Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
 PACKAGES = ("slimserve", "torch", "torchvision", "onnx", "onnxruntime-gpu", "onnxruntime", "numpy", "bentoml")
@@ -211,3 +212,16 @@ def share_of_peak(gops: float, precision: str, peak: dict[str, Any]) -> float | 
     key = "int8_gops" if precision.startswith("int8") else "fp32_gops"
     ceiling = peak.get(key)
     return None if not ceiling else gops / ceiling
+
+
+def busy_cpu_seconds() -> float | None:
+    """CPU seconds every process on the machine has spent busy since boot (all cores), from
+    the kernel's counters; None where there is no /proc/stat. A difference of two readings
+    is what a load test cost the whole machine, server and load generator together."""
+    try:
+        fields = PROC_STAT.read_text().splitlines()[0].split()
+    except OSError:
+        return None
+    # cpu user nice system idle iowait irq softirq steal ...: idle and iowait are not work.
+    ticks = [int(value) for value in fields[1:9]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")

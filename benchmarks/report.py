@@ -171,6 +171,8 @@ HTTP_COLUMNS = (
     ("p90 ms", "p90_ms", "{:.2f}"),
     ("p99 ms", "p99_ms", "{:.2f}"),
     ("errors", "error_rate", "{:.2%}"),
+    ("CPU ms/req: locust", "cpu_ms_load_generator", "{:.2f}"),
+    ("all", "cpu_ms_machine", "{:.2f}"),
 )
 
 
@@ -196,6 +198,11 @@ def _comparison_lines(report: dict[str, Any]) -> list[str]:
     lines = [
         f"- Adaptive batching vs unbatched, req/s ratio at concurrency {level}: {ratio:.2f}x"
         for level, ratio in comparisons["batching_gain"].items()
+    ]
+    lines += [
+        f"- Ceiling of that ratio at concurrency {level} if batching made the model free: {ceiling:.2f}x "
+        "(unbatched CPU ms per request, whole machine, over the same minus the in-process batch-1 model p50)"
+        for level, ceiling in comparisons.get("batching_gain_ceiling", {}).items()
     ]
     for target, levels in comparisons["share_of_reference"].items():
         lines += [

@@ -57,12 +57,15 @@ def test_bench_http_against_the_service_and_the_reference_reports_zero_errors(se
             assert 0 < row["ok"] == row["requests"] <= REQUESTS
             assert row["ok_per_s"] > 0
             assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
+            # The machine's CPU readings include the load generator's own.
+            assert 0 < row["cpu_ms_load_generator"] < row["cpu_ms_machine"]
     assert report["service"]["workers"] == 1 and report["reference"]["workers"] == 1
     # the reference and the in-process figure run the service's own backend
     assert report["service"]["backend"] == report["reference"]["backend"] == backend
     assert report["in_process"]["backend"] == backend and report["in_process"]["model_only"]["p50_ms"] > 0
     comparisons = report["comparisons"]
     assert set(comparisons["batching_gain"]) == {"1", "4"}  # JSON object keys
+    assert all(ceiling > 1 for ceiling in comparisons["batching_gain_ceiling"].values())
     assert set(comparisons["share_of_reference"]) == {"adaptive", "unbatched"}
     assert set(comparisons["added_p50_ms_at_concurrency_1"]) == {"adaptive", "unbatched", "reference"}
     sent = sorted((tmp_path / "images").glob("*.png"))
@@ -97,5 +100,14 @@ def test_summarize_run_counts_errors_and_rates():
     }
     summary = summarize_run(state, users=2)
     assert summary["requests"] == 4 and summary["ok"] == 3 and summary["error_rate"] == 0.25
+    assert "cpu_ms_machine" not in summary  # no readings, no figure
+    state["warmups"] = 2
+    state["cpu"] = {
+        "start": {"load_generator_s": 1.0, "machine_s": 100.0},
+        "end": {"load_generator_s": 1.012, "machine_s": 100.03},
+    }
+    summary = summarize_run(state, users=2)  # 4 counted + 2 connection-opening requests
+    assert summary["cpu_ms_load_generator"] == pytest.approx(2.0)
+    assert summary["cpu_ms_machine"] == pytest.approx(5.0)
     assert summary["elapsed_s"] == 2.0 and summary["ok_per_s"] == 1.5
     assert summary["p50_ms"] == 2.0
