@@ -261,8 +261,12 @@ def _settings_doc(settings: ModelBenchSettings) -> dict[str, Any]:
     return {
         **asdict(settings),
         "batch_sizes": list(settings.batch_sizes),
-        "timing": "one worker process per variant x runtime; per batch size: warm-up calls, then "
-        "back-to-back timed calls (perf_counter) until --repeats or --max-seconds",
+        "timing": "one worker process per variant x runtime; per batch size: the model loaded afresh, "
+        "warm-up calls, then back-to-back timed calls (perf_counter) until --repeats or --max-seconds",
+        "batch_size_note": "each batch size is timed as a process serving only that size: PyTorch's oneDNN "
+        "INT8 convolutions (TorchScript INT8 rows) cache one primitive per layer for the first input shape "
+        "they see and rebuild it on every call of another shape, so one module fed mixed batch sizes runs "
+        "slower than these rows (the service's TorchScript backend keeps one module per batch size)",
         "throughput": "images/s = batch size / p50 latency",
         "aggregation": f"{settings.rounds} round(s) of the whole matrix; a cell's latencies are the median over "
         "rounds, its speed-up the median of each round's ratio to the same round's reference, "

@@ -112,6 +112,7 @@ def models_markdown(report: dict[str, Any]) -> str:
         f"- Allocator: {settings['allocator']}",
         f"- Timing: {settings['timing']}; warm-up {settings['warmup']}, repeats {settings['repeats']}, "
         f"max {settings['max_seconds']} s per batch size",
+        f"- Batch sizes: {settings['batch_size_note']}",
         f"- Throughput: {settings['throughput']}; GOP/s: {settings['gops']}",
         f"- Peak RSS: {settings['peak_rss']}",
         f"- Speed-up (x ref) is against {summary['reference']} at the same batch size; "

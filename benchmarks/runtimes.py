@@ -30,8 +30,10 @@ def _torch_threads(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    # Workers are fresh processes, so this is the first parallel call and cannot fail.
-    torch.set_num_interop_threads(1)  # one model call at a time; extra pools only contend
+    # One model call at a time; extra pools only contend. Torch takes this once per process
+    # (a worker loads its model again for each batch size), before any parallel work.
+    if torch.get_num_interop_threads() != 1:
+        torch.set_num_interop_threads(1)
 
 
 def _torch_runner(model, device: str) -> Runner:

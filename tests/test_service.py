@@ -460,6 +460,24 @@ def test_torchscript_backend_agrees_with_onnx(bundle, fashion):
     onnx_variant = load_variant("fp32", f"{BUNDLE}-fp32:v1", stored, ServeConfig(providers="cpu", threads=1))
     batch = Preprocessor(bundle.spec).batch([fashion.test[i][0] for i in range(16)])
     assert np.abs(ts.backend.run(batch) - onnx_variant.backend.run(batch)).max() < 1e-4
+    assert not ts.backend.describe()["module_per_batch_size"]  # fp32: one module for every size
+
+
+def test_torchscript_int8_keeps_one_module_per_batch_size(bundle, fashion):
+    """oneDNN's INT8 convolutions cache a primitive for the first input shape only, so each
+    batch size the service sees gets its own module, loaded from the bytes read at start-up."""
+    from service.preprocess import Preprocessor
+
+    config = ServeConfig(backend="torchscript", providers="cpu", threads=1)
+    stored = Path(__import__("bentoml").models.get(f"{BUNDLE}-int8:v1").path)
+    backend = load_variant("int8", f"{BUNDLE}-int8:v1", stored, config).backend
+    assert backend.describe()["module_per_batch_size"]
+    batch = Preprocessor(bundle.spec).batch([fashion.test[i][0] for i in range(4)])
+    together = backend.run(batch)
+    one_by_one = np.concatenate([backend.run(batch[i : i + 1]) for i in range(4)])
+    assert np.abs(together - one_by_one).max() < 1e-5
+    assert set(backend._modules) == {1, 4}  # the warm-up's size, then this batch's
+    assert backend._modules[1] is backend.module and backend._modules[4] is not backend.module
 
 
 def test_tampered_model_file_is_refused(bundle, tmp_path):
