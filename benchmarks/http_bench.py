@@ -29,6 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from benchmarks.machine import machine_info
 from benchmarks.stats import percentiles
+from slimserve.console import cli_console
 from slimserve.errors import SlimserveError
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -309,7 +310,7 @@ def bench_http(
     from benchmarks.plots import plot_http
     from benchmarks.report import http_markdown, http_table, write_json
 
-    console = console or Console()
+    console = console or cli_console()
     url = check_loopback(url)
     models = get_json(f"{url}/models")
     if not isinstance(models, dict) or not {"variants", "default_variant", "workers"} <= models.keys():

@@ -17,6 +17,7 @@ from benchmarks.machine import machine_info, share_of_peak
 from benchmarks.runtimes import EAGER, ONNXRUNTIME, TORCHSCRIPT
 from benchmarks.selection import pareto_front, recommend
 from slimserve.allocator import POLICY
+from slimserve.console import cli_console
 from slimserve.errors import SlimserveError
 from slimserve.manifest import Manifest, read_manifest
 
@@ -390,7 +391,7 @@ def bench_models(
     from benchmarks.plots import plot_accuracy_throughput, plot_latency
     from benchmarks.report import models_markdown, models_table, write_json
 
-    console = console or Console()
+    console = console or cli_console()
     if settings.select_batch not in settings.batch_sizes:
         raise SlimserveError(
             f"--select-batch {settings.select_batch} is not among --batch-sizes "

@@ -17,6 +17,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from slimserve.console import cli_console
 from slimserve.errors import SlimserveError
 from training.checkpoint import METADATA_FILE, load_checkpoint, read_metadata, write_json
 from training.config import TrainConfig
@@ -98,7 +99,7 @@ def distill(
     console: Console | None = None,
 ) -> DistillResult:
     """Train ``config.model`` with the teacher in ``teacher_dir`` and its no-teacher twin."""
-    console = console or Console()
+    console = console or cli_console()
     teacher = load_checkpoint(teacher_dir)  # verifies the teacher's weights hash
     if teacher.metadata["dataset"] != config.dataset:
         raise SlimserveError(

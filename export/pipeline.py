@@ -27,6 +27,7 @@ from export.formats import eager_runner, example_batch, quiet_torch_deprecations
 from export.prune import check_droppable
 from export.report import print_report
 from export.variants import BUILDERS, STUDENT_VARIANTS
+from slimserve.console import cli_console
 from slimserve.errors import SlimserveError
 from slimserve.manifest import SCHEMA_VERSION, Manifest, check_name, read_manifest, write_manifest
 from training.checkpoint import Checkpoint, library_versions, load_checkpoint
@@ -129,7 +130,7 @@ def export_bundle(
     images for fine-tuning pruned models (quick runs); without it every number in the
     manifest is on the full test split and fine-tuning sees the full train split.
     """
-    console = console or Console()
+    console = console or cli_console()
     settings = settings or ExportSettings()
     selected = _select(variants, settings.student is not None)
     checkpoint = load_checkpoint(run_dir)  # verifies the weights' sha256, refuses tampering

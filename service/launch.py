@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from service.config import ServeConfig
+from slimserve.console import cli_console
 from slimserve.errors import SlimserveError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -101,7 +102,7 @@ def _stop_on_sigterm(signum: int, frame: object) -> None:
 
 
 def serve(config: ServeConfig, host: str = "0.0.0.0", ready_timeout: float = 120) -> None:
-    console = Console()
+    console = cli_console()
     # A supervisor (systemd, a container runtime, a script) stops us with SIGTERM, whose
     # default action would kill this process alone and orphan the BentoML server: take the
     # same clean shutdown path as Ctrl-C instead.

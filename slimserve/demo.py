@@ -7,8 +7,9 @@ that work. Every stage is the same function its own subcommand calls.
 
 from pathlib import Path
 
-from rich.console import Console
 from rich.rule import Rule
+
+from slimserve.console import cli_console
 
 BUNDLE = "cnn-fashion-mnist-demo"
 SAMPLES = 8
@@ -40,7 +41,7 @@ def run_demo(workdir: Path, *, limit: int | None = None, serve: bool = True, por
     from training.evaluate import evaluate_checkpoint
     from training.train import train
 
-    console = Console()
+    console = cli_console()
     run_dir = workdir / "runs" / "cnn-fashion-mnist"
     console.print(Rule("1/5 train: cnn on fashion-mnist, fast recipe"))
     train(TrainConfig.from_recipe("cnn", "fast", limit=limit), run_dir, overwrite=True, console=console)

@@ -69,3 +69,24 @@ def test_train_command_end_to_end_writes_a_checkpoint(tmp_path):
     assert "Test accuracy after 1 epoch:" in result.stdout
     again = run_cli("train", "--model", "mlp", "--epochs", "1", "--limit", "300", "--out", str(out))
     assert again.returncode == 1 and "--resume" in again.stderr
+
+
+def test_piped_output_keeps_whole_table_cells(monkeypatch):
+    """A log or CI transcript must keep the figures: rich would cut cells at 80 columns."""
+    import io
+
+    from rich.table import Table
+
+    from slimserve.console import PIPED_WIDTH, cli_console
+
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    monkeypatch.delenv("COLUMNS", raising=False)
+    console = cli_console()
+    assert console.width == PIPED_WIDTH
+    table = Table(*(f"column {i}" for i in range(12)))
+    table.add_row(*(f"{1105.8 + i:,.1f}" for i in range(12)))
+    with console.capture() as captured:
+        console.print(table)
+    assert "…" not in captured.get() and "1,116.8" in captured.get()
+    monkeypatch.setenv("COLUMNS", "90")  # a width the user states still wins
+    assert cli_console().width == 90

@@ -7,6 +7,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from slimserve.console import cli_console
 from training.checkpoint import load_checkpoint
 from training.datasets import limit_dataset, load_data
 from training.tensors import materialize
@@ -62,7 +63,7 @@ def evaluate_checkpoint(
     console: Console | None = None,
 ) -> Evaluation:
     """Evaluate the verified checkpoint on its dataset's test split."""
-    console = console or Console()
+    console = console or cli_console()
     checkpoint = load_checkpoint(run_dir)
     meta = checkpoint.metadata
     config = meta.get("train_config", {})

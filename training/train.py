@@ -26,6 +26,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 from torch import nn
 
+from slimserve.console import cli_console
 from slimserve.errors import SlimserveError
 from slimserve.spec import PreprocessSpec
 from training.checkpoint import METADATA_FILE, atomic_write, save_checkpoint
@@ -224,7 +225,7 @@ def train(
     labels; everything else (data order, augmentation, schedule) is what the same config
     without a teacher does, so the two runs differ only in the loss.
     """
-    console = console or Console()
+    console = console or cli_console()
     run_dir = Path(run_dir) if run_dir else _default_run_dir(config)
     state = _load_state(run_dir) if resume else None
     if state is not None:
