@@ -18,11 +18,7 @@ import anyio
 import bentoml
 import numpy as np
 
-# BentoML's own adaptive batcher, the one behind ``@bentoml.api(batchable=True)``. That
-# decorator only batches its own pydantic-typed route, which cannot take raw or base64
-# images with JSON errors, so the routes in service.http drive the same dispatcher.
-from bentoml._internal.marshal.dispatcher import CorkDispatcher
-
+from service.batching import adaptive_dispatcher
 from service.config import ServeConfig
 from service.errors import RequestError
 from service.http import build_app
@@ -69,12 +65,7 @@ class Slimserve:
         preferred = first.manifest.data.get("default_variant")
         self.default_variant = preferred if preferred in self.variants else first.name
         self.dispatchers = {
-            name: CorkDispatcher(
-                max_latency_in_ms=CONFIG.max_latency_ms,
-                max_batch_size=CONFIG.max_batch_size,
-                fallback=_overloaded,
-                get_batch_size=len,
-            )
+            name: adaptive_dispatcher(CONFIG.max_latency_ms, CONFIG.max_batch_size, _overloaded)
             for name in self.variants
         }
         self.batched = {name: self.dispatchers[name](self._batch_callback(name)) for name in self.variants}
