@@ -93,6 +93,15 @@ def test_unstructured_sparsity_matches_the_request_and_is_reported_honestly(prun
     assert "no dense speed-up" in entry["notes"]
 
 
+def _export_pruned(run_dir, out, settings: ExportSettings, limit: int):
+    """fp32 and pruned only, unregistered; both must have been built."""
+    manifest = export_bundle(
+        run_dir, out=out, variants=["fp32", "pruned"], limit=limit, settings=settings, register=False
+    )
+    assert manifest.data["failed"] == {}
+    return manifest
+
+
 def test_structured_pruning_keeps_resnet_residuals_consistent(tiny_resnet_run, tmp_path):
     parent = load_checkpoint(tiny_resnet_run).model
     pruned, info = structured_prune(parent, example_batch((1, 28, 28), 1), 0.5)
@@ -103,16 +112,9 @@ def test_structured_pruning_keeps_resnet_residuals_consistent(tiny_resnet_run, t
         assert shortcut_out in (None, block.conv2.out_channels)
     with torch.no_grad():
         assert pruned(torch.randn(4, 1, 28, 28)).shape == (4, 10)
-    settings = ExportSettings(prune_macs=0.5, finetune_epochs=0)
-    manifest = export_bundle(
-        tiny_resnet_run,
-        out=tmp_path,
-        variants=["fp32", "pruned"],
-        limit=300,
-        settings=settings,
-        register=False,
+    manifest = _export_pruned(
+        tiny_resnet_run, tmp_path, ExportSettings(prune_macs=0.5, finetune_epochs=0), 300
     )
-    assert manifest.data["failed"] == {}
     assert manifest.variant("pruned").entry["macs"] <= 0.5 * manifest.variant("fp32").entry["macs"]
     assert np.isfinite(manifest.variant("pruned").entry["test_accuracy"])
 
@@ -121,15 +123,7 @@ def test_depth_pruning_drops_blocks_and_fine_tunes_from_a_teacher(tiny_resnet_ru
     settings = ExportSettings(
         prune_macs=0.6, drop_blocks=("stages.0",), finetune_teacher=str(tiny_cnn_run), finetune_epochs=1
     )
-    manifest = export_bundle(
-        tiny_resnet_run,
-        out=tmp_path,
-        variants=["fp32", "pruned"],
-        limit=400,
-        settings=settings,
-        register=False,
-    )
-    assert manifest.data["failed"] == {}
+    manifest = _export_pruned(tiny_resnet_run, tmp_path, settings, 400)
     fp32, pruned = manifest.variant("fp32").entry, manifest.variant("pruned").entry
     depth = pruned["export_settings"]["depth_pruning"]
     assert depth["dropped_blocks"] == ["stages.0"] and depth["macs_before"] == fp32["macs"]
