@@ -14,13 +14,13 @@ from bentoml._internal.marshal.dispatcher import CorkDispatcher, Optimizer
 class BoundedWaitOptimizer(Optimizer):
     """BentoML's batching optimizer, its wait for more requests capped at one batch-1 call.
 
-    The stock optimizer sets that wait to the mean queue wait it has observed, a mean that
-    includes the wait it imposed itself: once a burst has raised it, every later request
-    waits as long and keeps it there. Measured on ResNet-20 fp32 (TorchScript): a lone
-    client's p50 on the adaptive route was 3.8 ms before a concurrency-64 run and 19-24 ms
-    for as long as the service ran after it. Waiting longer than one single-image model
-    call for company costs a lone client more than batching can save it, and under load
-    requests gather behind the batch that is running anyway.
+    The stock optimizer sets that wait to the mean queue wait it has observed. Under load
+    that is mostly time spent behind the running batch; afterwards a lone client waits as
+    long for company that does not come, and its own waits keep the mean up. Measured on
+    ResNet-20 fp32 (TorchScript): a lone client's p50 on the adaptive route was 3.8 ms
+    before a concurrency-64 run and 19-24 ms over the minutes after it. Waiting longer than
+    one single-image model call for company costs a lone client more than batching can save
+    it, and under load requests gather behind the batch that is running anyway.
     """
 
     def trigger_refresh(self) -> None:
