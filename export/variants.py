@@ -97,6 +97,8 @@ def build_pruned(ctx: ExportContext) -> dict[str, Any]:
     parent_macs, parent_params = macs_and_params(ctx.parent, ctx.spec)
     mac_reduction, param_reduction = 1 - macs / parent_macs, 1 - params / parent_params
     how = "by distillation" if finetune.get("loss") == "distillation" else "on the labels"
+    epochs = finetune["epochs"]
+    tuned = f"fine-tuned {epochs} epoch{'s' * (epochs != 1)} {how}" if epochs else "not fine-tuned"
     artifacts, skipped = export_float(ctx, "pruned", model)
     entry = finish_variant(
         ctx,
@@ -104,7 +106,7 @@ def build_pruned(ctx: ExportContext) -> dict[str, Any]:
         artifacts,
         skipped_formats=skipped,
         description=f"structured pruning: {_pruning_summary(depth_info, channel_info)} "
-        f"({mac_reduction:.0%} of MACs removed), fine-tuned",
+        f"({mac_reduction:.0%} of MACs removed), {tuned}",
         precision="fp32",
         sparsity=0.0,
         params=params,
@@ -118,8 +120,7 @@ def build_pruned(ctx: ExportContext) -> dict[str, Any]:
             "pt2": PT2_SETTINGS,
         },
         notes=f"{mac_reduction:.0%} fewer MACs and {param_reduction:.0%} fewer parameters than fp32 "
-        f"(whole blocks or channels removed: dense kernels do less work); fine-tuned "
-        f"{finetune['epochs']} epochs {how}",
+        f"(whole blocks or channels removed: dense kernels do less work); {tuned}",
     )
     ctx.float_models["pruned"] = model
     ctx.float_accuracies["pruned"] = entry["test_accuracy"]

@@ -116,6 +116,7 @@ def test_structured_pruning_keeps_resnet_residuals_consistent(tiny_resnet_run, t
         tiny_resnet_run, tmp_path, ExportSettings(prune_macs=0.5, finetune_epochs=0), 300
     )
     assert manifest.variant("pruned").entry["macs"] <= 0.5 * manifest.variant("fp32").entry["macs"]
+    assert manifest.variant("pruned").entry["notes"].endswith("; not fine-tuned")
     assert np.isfinite(manifest.variant("pruned").entry["test_accuracy"])
 
 
@@ -130,6 +131,7 @@ def test_depth_pruning_drops_blocks_and_fine_tunes_from_a_teacher(tiny_resnet_ru
     # --prune-macs is the total: channel pruning removes what dropping the block did not.
     assert pruned["macs"] <= 0.4 * fp32["macs"]
     assert pruned["export_settings"]["mac_reduction"] >= 0.6
+    assert pruned["notes"].endswith("; fine-tuned 1 epoch by distillation")
     assert pruned["export_settings"]["pruning"]["macs_before"] < fp32["macs"]
     # The block's two 3x3 convolutions are gone from the exported graph.
     convs = lambda variant: sum(node.op_type == "Conv" for node in _onnx(manifest, variant).graph.node)  # noqa: E731
