@@ -20,7 +20,6 @@ from rich.console import Console
 from torch import nn
 
 from export.checks import PARITY_IMAGES, Parity, accuracy, agreement, parity, predict
-from export.data import ImageSet
 from export.failures import StepFailed, describe_failure, export_step
 from export.formats import example_batch, write_onnx, write_pt2, write_torchscript
 from slimserve.errors import SlimserveError
@@ -29,6 +28,7 @@ from slimserve.manifest import FILE_NAMES
 from slimserve.runtime import RuntimeOptions, eager_runner, open_runner
 from slimserve.spec import PreprocessSpec
 from training.datasets import LoadedData
+from training.eval_data import ImageSet
 from training.tensors import ImageTensors
 
 TORCHSCRIPT_STEP = "TorchScript tracing (torch.jit.trace + freeze)"

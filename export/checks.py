@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from export.data import ImageSet
 from slimserve.runtime import Runner
 from slimserve.runtime.torch_runners import quiet_torch_deprecations
+from training.eval_data import ImageSet
 
 PARITY_IMAGES = 256
 PARITY_MAX_ABS_DIFF = 1e-4
