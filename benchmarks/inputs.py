@@ -1,22 +1,18 @@
-"""Real test images for the model benchmark, preprocessed exactly as training and export do."""
+"""Real test images for the model benchmark: the split export scored, built the same way
+(``training.eval_data``) from the parent run's own metadata."""
 
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from slimserve.errors import SlimserveError
 from slimserve.manifest import Manifest
 
+if TYPE_CHECKING:  # torch loads with it: the benchmark imports it only when it builds images
+    from training.eval_data import ImageSet
+
 EVAL_SEED = 0
-
-
-@dataclass(frozen=True)
-class BenchData:
-    """Normalized float32 NCHW test images and their labels."""
-
-    images: np.ndarray
-    labels: np.ndarray
 
 
 def dataset_name(manifest: Manifest) -> str:
@@ -28,22 +24,25 @@ def dataset_name(manifest: Manifest) -> str:
     return str(name)
 
 
-def load_test_images(manifest: Manifest, count: int) -> BenchData:
+def run_metadata(manifest: Manifest) -> dict[str, Any]:
+    """The parent run's metadata (its split settings) when the run folder is still there;
+    otherwise what the manifest records, which ``run_data`` refuses for a ``folder:``
+    dataset (its split cannot be rebuilt without the run's val_fraction and seed)."""
+    from training.checkpoint import METADATA_FILE, read_metadata
+
+    run_dir = manifest.data["parent"].get("run_dir")
+    if run_dir and (Path(run_dir) / METADATA_FILE).is_file():
+        return read_metadata(Path(run_dir))
+    return {"dataset": dataset_name(manifest), "preprocess": manifest.data["preprocess"]}
+
+
+def load_test_images(manifest: Manifest, count: int) -> "ImageSet":
     """``count`` seeded test images (tiled when the test split is smaller)."""
-    import torch
+    from training.eval_data import ImageSet, evaluation_images, run_data
 
-    from training.datasets import limit_dataset, load_data
-    from training.tensors import materialize
-    from training.transforms import normalize_transform
-
-    spec = manifest.spec
-    data = load_data(dataset_name(manifest), image_size=spec.height, channels=spec.channels)
-    tensors = materialize(limit_dataset(data.test, count, EVAL_SEED), spec, "preparing test images")
-    with torch.inference_mode():
-        images = normalize_transform(spec)(tensors.images).contiguous().numpy().astype(np.float32)
-    labels = tensors.labels.numpy()
-    repeats = -(-count // len(labels))
-    return BenchData(np.tile(images, (repeats, 1, 1, 1))[:count], np.tile(labels, repeats)[:count])
+    data = evaluation_images(run_data(run_metadata(manifest)), manifest.spec, "test", count, EVAL_SEED)
+    repeats = -(-count // len(data))
+    return ImageSet(np.tile(data.images, (repeats, 1, 1, 1))[:count], np.tile(data.labels, repeats)[:count])
 
 
 def save_array(array: np.ndarray, path: Path) -> str:

@@ -5,14 +5,14 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from benchmarks.blocks import BlockResult, run_block
-from benchmarks.inputs import BenchData, load_test_images, save_array
+from benchmarks.inputs import load_test_images, save_array
 from benchmarks.machine import machine_info, share_of_peak
 from benchmarks.runtimes import EAGER, ONNXRUNTIME, TORCHSCRIPT
 from benchmarks.selection import pareto_front, recommend
@@ -20,6 +20,9 @@ from slimserve.allocator import POLICY
 from slimserve.console import cli_console
 from slimserve.errors import SlimserveError
 from slimserve.manifest import Manifest, read_manifest
+
+if TYPE_CHECKING:
+    from training.eval_data import ImageSet
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 REFERENCE_VARIANT = "fp32"
@@ -119,7 +122,7 @@ def _accuracy(
     manifest: Manifest,
     block: Block,
     predictions: list[int] | None,
-    data: BenchData | None,
+    data: "ImageSet | None",
     reference: np.ndarray | None,
 ) -> dict[str, Any]:
     """Re-measured with this runtime on ``--limit`` test images when given, else what export measured."""
@@ -298,8 +301,8 @@ def _run_matrix(
     manifest: Manifest,
     blocks: list[Block],
     settings: ModelBenchSettings,
-    data: BenchData,
-    eval_data: BenchData | None,
+    data: "ImageSet",
+    eval_data: "ImageSet | None",
     peak: dict[str, Any],
     console: Console,
 ) -> tuple[list[list[dict[str, Any]]], list[dict[str, str]]]:
@@ -404,11 +407,7 @@ def bench_models(
     out.mkdir(parents=True, exist_ok=True)
     max_batch = max(settings.batch_sizes)
     data = load_test_images(manifest, max(max_batch, settings.limit or 0))
-    eval_data = (
-        None
-        if settings.limit is None
-        else BenchData(data.images[: settings.limit], data.labels[: settings.limit])
-    )
+    eval_data = None if settings.limit is None else data.head(settings.limit)
     rounds, failures = _run_matrix(manifest, blocks, settings, data, eval_data, machine["peak"], console)
     if not any(rounds):
         raise SlimserveError(f"every benchmark block failed; first error: {failures[0]['error']}")

@@ -3,7 +3,7 @@
 No batching, metrics, validation layers or framework: raw image body in, the service's
 own decode and preprocessing (``service.preprocess``), one model call, top-k JSON out. Its requests/s is the best a plain Python HTTP stack does with this model on this
 machine, so the service's figure can be read as a share of it. The model runs on the
-service's own backend class (ONNX Runtime or TorchScript, CPU, same threads), so the two
+service's own runtime layer (ONNX Runtime or TorchScript, CPU, same threads), so the two
 differ only in what surrounds the model. Started by the HTTP benchmark on a free loopback
 port: ``python -m benchmarks.reference_server ...``.
 """
@@ -18,11 +18,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
-from service.backends import Backend, create_backend
 from service.config import BACKENDS
 from service.errors import RequestError
 from service.preprocess import Preprocessor, decode_image
 from slimserve.manifest import Manifest, read_manifest
+from slimserve.runtime import Runner, RuntimeOptions, open_runner
 
 # Bundle dir, variant, backend and threads reach uvicorn's workers through the environment.
 ENV = "SLIMSERVE_REFERENCE"
@@ -40,11 +40,12 @@ def top_k(logits: np.ndarray, classes: list[str]) -> list[dict[str, object]]:
     return [{"index": int(i), "label": classes[i], "probability": float(probabilities[i])} for i in order]
 
 
-def cpu_backend(manifest: Manifest, variant: str, kind: str, threads: int, label: str) -> Backend:
-    """The variant's hash-checked file on the service's own backend class, on CPU; shared
-    with the benchmark's in-process figure so both run the model exactly as the service does."""
+def cpu_backend(manifest: Manifest, variant: str, kind: str, threads: int, label: str) -> Runner:
+    """The variant's hash-checked file opened as the service opens it (``slimserve.runtime``),
+    on CPU; shared with the benchmark's in-process figure so both run the model exactly as
+    the service does."""
     path = manifest.variant(variant).files[kind].verified_path(manifest.bundle_dir)
-    return create_backend(kind, path, label=label, providers="cpu", threads=threads, strict=True)
+    return open_runner(kind, path, RuntimeOptions(threads=threads, providers="cpu", strict=True, label=label))
 
 
 def create_app() -> Starlette:

@@ -1,88 +1,48 @@
-"""Each benchmarked runtime as a function from a float32 NCHW batch to logits.
+"""The benchmarked runtimes, and how a benchmark job opens its model through ``slimserve.runtime``.
 
-Torch is imported only by the torch runtimes, so an ONNX Runtime worker's memory figure
-is ONNX Runtime's alone. ``Runner.synchronize`` is set for CUDA so timing waits for the
-GPU (CUDA launches return before the kernels finish).
+The benchmark runs each model on the same runtime layer, with the same session options,
+as export's parity gate and the service; a job only chooses threads, provider, spinning
+and allocator policy. Torch is imported only by the torch runtimes, so an ONNX Runtime
+worker's memory figure is ONNX Runtime's alone.
 """
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-
-from slimserve.errors import SlimserveError
+from slimserve.manifest import read_manifest
+from slimserve.runtime import Runner, RuntimeOptions, eager_runner, open_runner
+from slimserve.runtime.providers import CPU, CUDA, TENSORRT
 
 EAGER = "pytorch-eager"
 TORCHSCRIPT = "torchscript"
 ONNXRUNTIME = "onnxruntime"
-RUNTIMES = (EAGER, TORCHSCRIPT, ONNXRUNTIME)
+# A job names an ONNX Runtime block by the provider it must run on; the runtime layer takes
+# the choice a user would type.
+PROVIDER_CHOICE = {CPU: "cpu", CUDA: "cuda", TENSORRT: "tensorrt"}
 
 
-@dataclass(frozen=True)
-class Runner:
-    run: Callable[[np.ndarray], np.ndarray]
-    device: str  # what actually executes: "cpu", "cuda", or the ORT provider in use
-    synchronize: Callable[[], None] | None = None
+def job_options(job: dict[str, Any]) -> RuntimeOptions:
+    """Strict: a benchmark row must run on the device it is labelled with."""
+    device = job["device"]
+    return RuntimeOptions(
+        threads=int(job["threads"]),
+        providers=PROVIDER_CHOICE.get(device, device),
+        strict=True,
+        spinning=bool(job["spinning"]),
+        retain_freed_memory=job["malloc"] == "retain",
+        label=f"{job['variant']} {job['runtime']} ({device})",
+    )
 
 
-def _torch_threads(threads: int) -> None:
-    import torch
+def open_job(job: dict[str, Any]) -> Runner:
+    """The job's model, opened as the service would open it (its file's sha256 checked first)."""
+    options = job_options(job)
+    if job["runtime"] == EAGER:
+        # The FP32 reference: the training checkpoint rebuilt in PyTorch, verified by hash.
+        from training.checkpoint import load_checkpoint
 
-    torch.set_num_threads(threads)
-    # One model call at a time; extra pools only contend. Torch takes this once per process
-    # (a worker loads its model again for each batch size), before any parallel work.
-    if torch.get_num_interop_threads() != 1:
-        torch.set_num_interop_threads(1)
-
-
-def _torch_runner(model, device: str) -> Runner:
-    import torch
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return model(torch.from_numpy(batch).to(device)).float().cpu().numpy()
-
-    sync = torch.cuda.synchronize if device == "cuda" else None
-    return Runner(run=run, device=device, synchronize=sync)
-
-
-def load_eager(run_dir: Path, threads: int, device: str) -> Runner:
-    """The FP32 reference: the training checkpoint rebuilt in PyTorch, verified by hash."""
-    from training.checkpoint import load_checkpoint
-
-    _torch_threads(threads)
-    checkpoint = load_checkpoint(run_dir)
-    return _torch_runner(checkpoint.model.to(device).eval(), device)
-
-
-def load_torchscript(path: Path, threads: int, device: str) -> Runner:
-    import torch
-
-    _torch_threads(threads)
-    if "x86" in torch.backends.quantized.supported_engines:
-        torch.backends.quantized.engine = "x86"  # the engine export quantizes for
-    model = torch.jit.load(str(path), map_location=device).eval()
-    return _torch_runner(model, device)
-
-
-def load_onnxruntime(path: Path, threads: int, provider: str, spinning: bool) -> Runner:
-    """One session with exactly the requested provider; a silent fallback is an error."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
-    session = ort.InferenceSession(str(path), options, providers=providers)
-    if session.get_providers()[0] != provider:
-        raise SlimserveError(f"{provider} did not initialise (ONNX Runtime fell back to CPU)")
-    input_name = session.get_inputs()[0].name
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        return session.run(None, {input_name: batch})[0]
-
-    return Runner(run=run, device=provider)
+        return eager_runner(load_checkpoint(Path(job["run_dir"])).model, options)
+    manifest = read_manifest(job["bundle_dir"])
+    fmt = "onnx" if job["runtime"] == ONNXRUNTIME else "torchscript"
+    path = manifest.variant(job["variant"]).files[fmt].verified_path(manifest.bundle_dir)
+    return open_runner(fmt, path, options)

@@ -15,12 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.runtimes import EAGER, ONNXRUNTIME, TORCHSCRIPT, Runner
+from benchmarks.runtimes import ONNXRUNTIME, open_job
 from benchmarks.stats import latency_summary
 from benchmarks.timing import time_calls
-from slimserve.allocator import apply_policy
 from slimserve.errors import SlimserveError
-from slimserve.manifest import read_manifest
+from slimserve.runtime import Runner
 
 PREFIX = "BENCH "
 
@@ -49,20 +48,6 @@ def _import_runtime(runtime: str) -> None:
         import torch  # noqa: F401
 
 
-def load(job: dict[str, Any]) -> Runner:
-    from benchmarks.runtimes import load_eager, load_onnxruntime, load_torchscript
-
-    runtime, threads = job["runtime"], int(job["threads"])
-    if runtime == EAGER:
-        return load_eager(Path(job["run_dir"]), threads, job["device"])
-    manifest = read_manifest(job["bundle_dir"])
-    fmt = "onnx" if runtime == ONNXRUNTIME else "torchscript"
-    path = manifest.variant(job["variant"]).files[fmt].verified_path(manifest.bundle_dir)
-    if runtime == TORCHSCRIPT:
-        return load_torchscript(path, threads, job["device"])
-    return load_onnxruntime(path, threads, job["device"], bool(job["spinning"]))
-
-
 def predict(runner: Runner, images: np.ndarray, batch_size: int) -> list[int]:
     return [
         int(label)
@@ -72,22 +57,26 @@ def predict(runner: Runner, images: np.ndarray, batch_size: int) -> list[int]:
 
 
 def run_job(job: dict[str, Any]) -> None:
-    allocator = apply_policy(job["malloc"] == "retain")  # before any runtime allocates
     _import_runtime(job["runtime"])
-    emit("imported", baseline_rss_mb=peak_rss_mb(), allocator=allocator)
+    emit("imported", baseline_rss_mb=peak_rss_mb())
     started = time.perf_counter()
-    runner = load(job)
-    emit("loaded", load_s=time.perf_counter() - started, device=runner.device, loaded_rss_mb=peak_rss_mb())
+    runner = open_job(job)  # applies the job's allocator policy before the model allocates
+    emit(
+        "loaded",
+        load_s=time.perf_counter() - started,
+        device=runner.device,
+        allocator=runner.describe()["allocator"],
+        loaded_rss_mb=peak_rss_mb(),
+    )
     inputs = np.load(job["inputs"])
     for index, batch_size in enumerate(job["batch_sizes"]):
         if index:
-            # A fresh load per batch size, for every runtime alike: PyTorch's oneDNN INT8
-            # convolutions keep one cached primitive per weight, for the first input shape
-            # they see, and rebuild it on every call with any other shape (measured: +0.4 ms
-            # per call on the pruned INT8 ResNet-20). Each batch size is timed as a process
-            # serving that one size would run it; the report states the mixed-size cost.
+            # A fresh load per batch size, for every runtime alike: each batch size is timed
+            # as a process serving that one size would run it, with no state left by earlier
+            # shapes (the per-shape INT8 cache this matters most for is handled, and its cost
+            # measured, in slimserve.runtime.torch_runners; the report states it).
             del runner
-            runner = load(job)
+            runner = open_job(job)
         batch = np.ascontiguousarray(inputs[:batch_size])
         samples = time_calls(
             lambda batch=batch, runner=runner: runner.run(batch),

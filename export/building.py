@@ -20,21 +20,15 @@ from rich.console import Console
 from torch import nn
 
 from export.checks import PARITY_IMAGES, Parity, accuracy, agreement, parity, predict
-from export.data import ImageSet
 from export.failures import StepFailed, describe_failure, export_step
-from export.formats import (
-    eager_runner,
-    example_batch,
-    runner_for,
-    write_onnx,
-    write_pt2,
-    write_torchscript,
-)
+from export.formats import example_batch, write_onnx, write_pt2, write_torchscript
 from slimserve.errors import SlimserveError
 from slimserve.hashing import sha256_file
 from slimserve.manifest import FILE_NAMES
+from slimserve.runtime import RuntimeOptions, eager_runner, open_runner
 from slimserve.spec import PreprocessSpec
 from training.datasets import LoadedData
+from training.eval_data import ImageSet
 from training.tensors import ImageTensors
 
 TORCHSCRIPT_STEP = "TorchScript tracing (torch.jit.trace + freeze)"
@@ -151,7 +145,12 @@ class Artifact:
 def _measure(ctx: ExportContext, name: str, artifact: Artifact) -> tuple[Parity, float, float]:
     """Parity on the parity images (raises on a miss), then accuracy and agreement with fp32."""
     with export_step(RUNTIMES[artifact.format], artifact.format):
-        run = runner_for(artifact.format, artifact.path)
+        try:
+            run = open_runner(
+                artifact.format, artifact.path, RuntimeOptions(label=f"{name} {artifact.format}")
+            )
+        except SlimserveError as exc:  # the file cannot be opened: this format's failure, like a parity miss
+            raise VariantFailed(str(exc)) from None
         outputs = predict(run, ctx.parity_set.images)
     check = parity(artifact.reference, outputs, artifact.reference_name, artifact.strict)
     if not check.passed:

@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from export.data import ImageSet
-from export.formats import Runner
+from slimserve.runtime import Runner
+from slimserve.runtime.torch_runners import quiet_torch_deprecations
+from training.eval_data import ImageSet
 
 PARITY_IMAGES = 256
 PARITY_MAX_ABS_DIFF = 1e-4
@@ -19,7 +20,10 @@ BATCH = 256
 
 
 def predict(run: Runner, images: np.ndarray, batch: int = BATCH) -> np.ndarray:
-    return np.concatenate([run(images[start : start + batch]) for start in range(0, len(images), batch)])
+    """Logits for every image, in batches; torch's per-call deprecation warnings kept off
+    the export's console (the runtime layer leaves warnings alone for the service)."""
+    with quiet_torch_deprecations():
+        return np.concatenate([run(images[start : start + batch]) for start in range(0, len(images), batch)])
 
 
 @dataclass(frozen=True)

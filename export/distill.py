@@ -21,10 +21,9 @@ from slimserve.console import cli_console
 from slimserve.errors import SlimserveError
 from training.checkpoint import METADATA_FILE, load_checkpoint, read_metadata, write_json
 from training.config import TrainConfig
-from training.datasets import limit_dataset, load_data
 from training.distillation import distill_from
+from training.eval_data import evaluation_tensors, run_data
 from training.models import build_model
-from training.tensors import materialize
 from training.train import STATE_FILE, evaluate_model, train
 
 REPORT_FILE = "distill_report.json"
@@ -133,13 +132,9 @@ def distill(
         console.print(f"Training the no-teacher twin into {twin_dir} (same config and seed)")
         twin_accuracy = train(config, twin_dir, overwrite=True, console=console).accuracy
 
-    data = load_data(
-        config.dataset,
-        image_size=config.image_size,
-        channels=config.channels,
-        val_fraction=config.val_fraction,
-    )
-    test = materialize(limit_dataset(data.test, config.limit, config.seed), teacher.spec)
+    # The teacher is scored on the images the student was: the student's own held-out split.
+    data = run_data(read_metadata(student_dir))
+    test = evaluation_tensors(data, teacher.spec, "test", config.limit, config.seed)
     teacher_accuracy, _ = evaluate_model(teacher.model.cpu(), test, teacher.spec, torch.device("cpu"))
     result = DistillResult(
         student_dir=student_dir,

@@ -1,23 +1,20 @@
-"""Writing and running the deployable formats: frozen TorchScript, ONNX, and torch.export.
+"""Writing the deployable formats: frozen TorchScript, ONNX, and torch.export.
 
 All are produced from an eager model with the exporters torch ships (no hand-written
-graph code). Runners return numpy logits so every format is compared the same way.
+graph code). The files are opened and run by ``slimserve.runtime``, the same layer the
+benchmarks and the service use, so every format is compared the same way.
 TorchScript is deprecated upstream in favour of torch.export; it stays because users ask for
 it, and the ``.pt2`` ExportedProgram is what PyTorch's newer deployment paths take.
 """
 
-import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from torch import nn
 
 from slimserve.errors import SlimserveError
+from slimserve.runtime.torch_runners import quiet_torch_deprecations
 
 ONNX_OPSET = 18
 MAX_BATCH = 65536
@@ -25,19 +22,6 @@ WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # named after their 
 PT2_SETTINGS = f"torch.export.export (non-strict), dynamic batch 1-{MAX_BATCH}, torch.export.save"
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
-Runner = Callable[[np.ndarray], np.ndarray]
-
-
-@contextmanager
-def quiet_torch_deprecations() -> Iterator[None]:
-    """TorchScript, torch.ao.quantization and quantized tensors warn on every call that they
-    are deprecated; the issue asks for TorchScript anyway, so keep the terminal readable."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\..*")
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        yield
 
 
 def example_batch(input_shape: tuple[int, int, int], batch: int = 2) -> torch.Tensor:
@@ -142,54 +126,3 @@ def check_onnx(path: Path) -> None:
     except onnx.checker.ValidationError as exc:
         first_line = str(exc).strip().splitlines()[0]
         raise SlimserveError(f"{path} fails onnx.checker: {first_line}") from None
-
-
-def onnx_runner(path: Path, threads: int | None = None) -> Runner:
-    """An ONNX Runtime CPU session; the service uses the same provider."""
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-    def run(images: np.ndarray) -> np.ndarray:
-        return session.run([OUTPUT_NAME], {INPUT_NAME: images})[0]
-
-    return run
-
-
-def torchscript_runner(path: Path) -> Runner:
-    with quiet_torch_deprecations():
-        module = torch.jit.load(str(path), map_location="cpu")
-
-    def run(images: np.ndarray) -> np.ndarray:
-        with quiet_torch_deprecations(), torch.inference_mode():
-            return module(torch.from_numpy(images)).numpy()
-
-    return run
-
-
-def pt2_runner(path: Path) -> Runner:
-    """Only for files whose sha256 the manifest vouches for: torch.export.load would
-    unpickle tensor subclasses or custom objects if a file held any."""
-    with quiet_torch_deprecations():
-        module = torch.export.load(str(path)).module()
-
-    def run(images: np.ndarray) -> np.ndarray:
-        with quiet_torch_deprecations(), torch.inference_mode():
-            return module(torch.from_numpy(images)).numpy()
-
-    return run
-
-
-def eager_runner(model: nn.Module) -> Runner:
-    model.eval()
-
-    def run(images: np.ndarray) -> np.ndarray:
-        with quiet_torch_deprecations(), torch.inference_mode():
-            return model(torch.from_numpy(images)).float().numpy()
-
-    return run
-
-
-def runner_for(fmt: str, path: Path) -> Runner:
-    return {"onnx": onnx_runner, "torchscript": torchscript_runner, "pt2": pt2_runner}[fmt](path)

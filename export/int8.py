@@ -24,11 +24,12 @@ from export.building import (
 )
 from export.checks import accuracy, predict
 from export.failures import export_step
-from export.formats import Runner, check_onnx, eager_runner, onnx_runner, write_torchscript
+from export.formats import check_onnx, write_torchscript
 from export.int8_search import BudgetMissed, fit_budget
 from export.quantize_onnx import METHODS, OnnxQuantizer, op_counts
 from export.quantize_torch import is_linear_only, quantizable_layers, quantize_model
 from slimserve.manifest import FILE_NAMES
+from slimserve.runtime import Runner, eager_runner, open_runner
 
 # Sensitivity ranking runs one quantization per layer: a slice of the calibration set is
 # enough to order layers by the error they add.
@@ -49,7 +50,7 @@ def _onnx_int8(ctx: ExportContext, float_onnx: Path, out: Path, float_accuracy: 
     settings = ctx.settings
     calibration = ctx.calibration()
     probe = calibration.images[:SENSITIVITY_IMAGES]
-    float_probe = predict(onnx_runner(float_onnx), probe)
+    float_probe = predict(open_runner("onnx", float_onnx), probe)
     methods = [settings.calibration_method, *(m for m in METHODS if m != settings.calibration_method)]
 
     def evaluate(run) -> float:
@@ -61,7 +62,7 @@ def _onnx_int8(ctx: ExportContext, float_onnx: Path, out: Path, float_accuracy: 
 
         def quantized(path: Path, method: str, **layers: tuple[str, ...]) -> Runner:
             with export_step(ORT_STEP, "onnx"):
-                return onnx_runner(quantizer.quantize(path, method, **layers))
+                return open_runner("onnx", quantizer.quantize(path, method, **layers))
 
         def sensitivity(method: str, layer: str) -> float:
             return _mse(

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from export.formats import Runner
+from slimserve.runtime import Runner
 
 # Beyond half of the layers in fp32 the variant would no longer be an INT8 model.
 MAX_FP32_SHARE = 0.5

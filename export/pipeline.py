@@ -23,13 +23,14 @@ from export.building import ExportContext, ExportSettings
 from export.checks import accuracy, predict
 from export.data import checkpoint_data, image_set
 from export.failures import describe_failure
-from export.formats import eager_runner, example_batch, quiet_torch_deprecations
+from export.formats import example_batch, quiet_torch_deprecations
 from export.prune import check_droppable
 from export.report import print_report
 from export.variants import BUILDERS, STUDENT_VARIANTS
 from slimserve.console import cli_console
 from slimserve.errors import SlimserveError
 from slimserve.manifest import SCHEMA_VERSION, Manifest, check_name, read_manifest, write_manifest
+from slimserve.runtime import eager_runner
 from training.checkpoint import Checkpoint, library_versions, load_checkpoint
 from training.datasets import limit_dataset
 from training.tensors import materialize

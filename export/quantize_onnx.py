@@ -25,8 +25,8 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
-from export.data import ImageSet
 from export.formats import INPUT_NAME, compact_onnx
+from training.eval_data import ImageSet
 
 METHODS = {
     "minmax": CalibrationMethod.MinMax,

@@ -9,9 +9,9 @@ import os
 from dataclasses import asdict, dataclass, fields
 
 from slimserve.errors import SlimserveError
+from slimserve.runtime.options import PROVIDER_CHOICES
 
 BACKENDS = ("onnx", "torchscript")
-PROVIDER_CHOICES = ("auto", "cpu", "cuda", "tensorrt")
 ENV_PREFIX = "SLIMSERVE_"
 
 

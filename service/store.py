@@ -15,11 +15,11 @@ from pathlib import Path
 import bentoml
 from PIL import Image
 
-from service.backends import Backend, create_backend
 from service.config import BACKENDS, ServeConfig
 from service.preprocess import Preprocessor, open_image
 from slimserve.errors import SlimserveError
 from slimserve.manifest import Manifest, read_manifest
+from slimserve.runtime import Runner, RuntimeOptions, open_runner
 
 logger = logging.getLogger("slimserve.service")
 WARMUP_RUNS = 3
@@ -80,7 +80,7 @@ class LoadedVariant:
     tag: str
     manifest: Manifest
     preprocessor: Preprocessor
-    backend: Backend
+    backend: Runner
     load_seconds: float
 
     @property
@@ -113,14 +113,10 @@ def load_variant(name: str, tag: str, model_dir: Path, config: ServeConfig) -> L
         )
     path = files[config.backend].verified_path(model_dir)
     preprocessor = Preprocessor(manifest.spec)
-    backend = create_backend(
-        config.backend,
-        path,
-        label=tag,
-        providers=config.providers,
-        threads=config.thread_count,
-        strict=config.strict,
+    options = RuntimeOptions(
+        threads=config.thread_count, providers=config.providers, strict=config.strict, label=tag
     )
+    backend = open_runner(config.backend, path, options)
     # The whole request path once before readiness turns green: Pillow loads its decoder
     # plugins on first use (~20 ms) and ORT allocates its arenas on the first runs.
     spec = manifest.spec

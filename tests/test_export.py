@@ -15,12 +15,12 @@ import torch
 from torch import nn
 
 from export.data import checkpoint_data, image_set
-from export.formats import onnx_runner
 from export.pipeline import export_bundle
 from export.registry import register_bundle
 from slimserve.cli import main
 from slimserve.errors import SlimserveError
 from slimserve.manifest import read_manifest
+from slimserve.runtime import open_runner
 from training.checkpoint import load_checkpoint
 
 
@@ -66,7 +66,7 @@ def test_onnx_is_valid_and_batch_axis_is_dynamic(fp32_bundle, tiny_cnn_run):
     onnx.checker.check_model(model, full_check=True)
     assert max(op.version for op in model.opset_import if op.domain in ("", "ai.onnx")) >= 17
     images, eager = _test_images(tiny_cnn_run, 128)
-    run = onnx_runner(path)
+    run = open_runner("onnx", path)
     for batch in (1, 64, 128):
         logits = run(images[:batch])
         assert logits.shape == (batch, 10)

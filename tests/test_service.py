@@ -28,13 +28,14 @@ from PIL import Image
 from export.pipeline import export_bundle
 from export.registry import register_bundle
 from export.variants import BUILDERS
-from service.backends import OnnxBackend, TorchScriptBackend
 from service.config import ServeConfig
-from service.providers import CPU, CUDA, TENSORRT, nvidia_gpu_visible, requested_providers
 from service.store import load_variant
 from slimserve.errors import SlimserveError
 from slimserve.hashing import sha256_file
 from slimserve.manifest import read_manifest, write_manifest
+from slimserve.runtime import RuntimeOptions, open_runner
+from slimserve.runtime.providers import CPU, CUDA, TENSORRT, nvidia_gpu_visible, requested_providers
+from slimserve.runtime.torch_runners import TorchScriptRunner
 from training.checkpoint import load_checkpoint
 from training.datasets import load_data
 from training.transforms import eval_transform
@@ -440,13 +441,13 @@ def test_silent_cuda_fallback_is_detected_and_strict_refuses(bundle):
 
     assert CUDA in onnxruntime.get_available_providers(), "this check needs onnxruntime-gpu installed"
     path = bundle.variant("fp32").files["onnx"].verified_path(bundle.bundle_dir)
-    cuda = OnnxBackend(path, label="t", providers="cuda", threads=1, strict=False)
+    cuda = open_runner("onnx", path, RuntimeOptions(label="t", providers="cuda", threads=1, strict=False))
     assert cuda.providers.requested == [CUDA, CPU]
     assert cuda.providers.active == [CPU] and cuda.providers.fell_back
-    cpu = OnnxBackend(path, label="t", providers="cpu", threads=1, strict=True)
+    cpu = open_runner("onnx", path, RuntimeOptions(label="t", providers="cpu", threads=1, strict=True))
     assert cpu.describe()["provider"] == CPU and not cpu.providers.fell_back
     with pytest.raises(SlimserveError, match="strict mode: t: asked ONNX Runtime for CUDAExecutionProvider"):
-        OnnxBackend(path, label="t", providers="cuda", threads=1, strict=True)
+        open_runner("onnx", path, RuntimeOptions(label="t", providers="cuda", threads=1, strict=True))
 
 
 def test_torchscript_backend_agrees_with_onnx(bundle, fashion):
@@ -455,7 +456,7 @@ def test_torchscript_backend_agrees_with_onnx(bundle, fashion):
     config = ServeConfig(backend="torchscript", providers="cpu", threads=1)
     stored = Path(__import__("bentoml").models.get(f"{BUNDLE}-fp32:v1").path)
     ts = load_variant("fp32", f"{BUNDLE}-fp32:v1", stored, config)
-    assert isinstance(ts.backend, TorchScriptBackend) and ts.backend.describe()["provider"] == "torch-cpu"
+    assert isinstance(ts.backend, TorchScriptRunner) and ts.backend.describe()["provider"] == "torch-cpu"
     assert ts.backend.describe()["allocator"].startswith("glibc mallopt")
     onnx_variant = load_variant("fp32", f"{BUNDLE}-fp32:v1", stored, ServeConfig(providers="cpu", threads=1))
     batch = Preprocessor(bundle.spec).batch([fashion.test[i][0] for i in range(16)])

@@ -9,8 +9,7 @@ from rich.table import Table
 
 from slimserve.console import cli_console
 from training.checkpoint import load_checkpoint
-from training.datasets import limit_dataset, load_data
-from training.tensors import materialize
+from training.eval_data import evaluation_tensors, run_data
 from training.train import evaluate_model, resolve_device
 
 
@@ -66,15 +65,7 @@ def evaluate_checkpoint(
     console = console or cli_console()
     checkpoint = load_checkpoint(run_dir)
     meta = checkpoint.metadata
-    config = meta.get("train_config", {})
-    data = load_data(
-        meta["dataset"],
-        image_size=checkpoint.spec.height,
-        channels=checkpoint.spec.channels,
-        val_fraction=config.get("val_fraction", 0.2),
-        seed=config.get("seed", 0),
-    )
-    test = materialize(limit_dataset(data.test, limit, meta.get("seed", 0)), checkpoint.spec)
+    test = evaluation_tensors(run_data(meta), checkpoint.spec, "test", limit, meta.get("seed", 0))
     torch_device = resolve_device(device)
     accuracy, predicted = evaluate_model(
         checkpoint.model.to(torch_device), test, checkpoint.spec, torch_device

@@ -24,7 +24,7 @@ GPU_INSTALL_HINT = (
     "TensorRT also needs its own libraries (pip install 'tensorrt-cu13>=10.13,<11', folder on LD_LIBRARY_PATH)"
 )
 
-logger = logging.getLogger("slimserve.service")
+logger = logging.getLogger("slimserve.runtime")
 
 
 def nvidia_gpu_visible(dev: Path = Path("/dev")) -> bool:
