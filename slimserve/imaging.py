@@ -3,14 +3,14 @@
 Shared by the service and by training's folder loader, so a user's RGBA, palette, 16-bit
 or rotated-by-EXIF photo is seen the same way when training and when serving.
 
-Pillow's ``convert`` is right for most modes but not for all: it clips 16-bit samples at
-255 instead of scaling them, and it copies LAB bands as if they were RGB. Those two are
-converted here (16-bit by scaling, LAB through LittleCMS); every other mode goes through
-Pillow's own conversion.
+Pillow's ``convert`` is right for every mode but two kinds: it clips 16-bit samples at 255
+instead of scaling them, and it cannot convert premultiplied ``La``. Those are handled
+here; every other mode (CMYK, YCbCr, LAB, HSV, P, PA, LA, 1, F) goes through Pillow's own
+conversion, which tests/test_decoding.py holds against reference conversions.
 """
 
 import numpy as np
-from PIL import Image, ImageCms, ImageOps
+from PIL import Image, ImageOps
 
 from slimserve.spec import PreprocessSpec
 
@@ -28,20 +28,11 @@ def _scaled_to_8_bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8), mode="L")
 
 
-def _lab_to_rgb(image: Image.Image) -> Image.Image:
-    transform = ImageCms.buildTransform(
-        ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB"
-    )
-    return ImageCms.applyTransform(image, transform)
-
-
 def to_spec_mode(image: Image.Image, spec: PreprocessSpec) -> Image.Image:
     """Apply EXIF orientation, flatten transparency onto the spec's background, convert mode."""
     image = ImageOps.exif_transpose(image)
     if image.mode in SIXTEEN_BIT:
         image = _scaled_to_8_bit(image)
-    elif image.mode == "LAB":
-        image = _lab_to_rgb(image)
     elif image.mode in PREMULTIPLIED:
         image = image.convert(PREMULTIPLIED[image.mode])
     if image.mode == "P":
