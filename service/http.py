@@ -26,7 +26,7 @@ from starlette.routing import Route
 
 from service.config import ServeConfig
 from service.errors import RequestError
-from service.limits import BodyAborted, BodyLimitMiddleware, clip, parse_json
+from service.limits import BodyAborted, BodyLimitMiddleware, clip, json_messages, parse_json
 from service.metrics import predictions, request_seconds
 
 logger = logging.getLogger("slimserve.service")
@@ -275,9 +275,6 @@ def build_app(config: ServeConfig) -> Starlette:
     async def predict_batch(service: Any, request: Request) -> JSONResponse:
         return await _predict(service, request, "batch")
 
-    async def not_found(request: Request, exc: Exception) -> JSONResponse:
-        return error_response(404, f"no route {clip(request.url.path)}; see {ROUTES_TEXT}")
-
     async def method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
         allowed = getattr(exc, "headers", None) or {}
         return JSONResponse(
@@ -301,9 +298,50 @@ def build_app(config: ServeConfig) -> Starlette:
                 idle_timeout_s=config.body_idle_timeout_s,
             )
         ],
-        exception_handlers={404: not_found, 405: method_not_allowed},
+        exception_handlers={405: method_not_allowed},
     )
-    # Starlette answers /predict/ with a 307 to an absolute URL built from the Host header,
-    # which a client chooses; an unknown path is a JSON 404 instead.
-    app.router.redirect_slashes = False
+    app.router.redirect_slashes = False  # see JsonRoutingErrors
     return app
+
+
+class JsonRoutingErrors:
+    """Service-level ASGI middleware: the router's own answers as JSON errors.
+
+    BentoML mounts this app passively: a path none of its routes match never reaches it,
+    and BentoML's router answers itself, with a plain-text 404, a plain-text 405 for its own
+    routes, or, for a trailing slash (``POST /predict/``), a 307 to an absolute URL built
+    from the client's ``Host`` header. Those three are replaced by a JSON 404 or 405.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        replaced = False
+
+        async def json_send(message: dict) -> None:
+            nonlocal replaced
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                content_type = dict(message.get("headers", [])).get(b"content-type", b"")
+                if status in (307, 308) or (
+                    status in (404, 405) and not content_type.startswith(b"application/json")
+                ):
+                    replaced = True
+                    path = clip(scope["path"])
+                    text = (
+                        f"method {clip(scope['method'])} not allowed on {path}"
+                        if status == 405
+                        else f"no route {path}; see {ROUTES_TEXT}"
+                    )
+                    for own in json_messages(405 if status == 405 else 404, text):
+                        await send(own)
+                    return
+            elif replaced:
+                return  # the router's own body
+            await send(message)
+
+        await self.app(scope, receive, json_send)

@@ -79,7 +79,7 @@ class BodyTooLarge(BodyAborted):
     pass
 
 
-def _json_response(status: int, message: str) -> tuple[Message, Message]:
+def json_messages(status: int, message: str) -> tuple[Message, Message]:
     body = json.dumps({"error": message}).encode()
     start = {
         "type": "http.response.start",
@@ -114,7 +114,7 @@ class BodyLimitMiddleware:
                 except ValueError:
                     declared = 0
                 if declared > self.max_bytes:
-                    for message in _json_response(413, self._message()):
+                    for message in json_messages(413, self._message()):
                         await send(message)
                     return
         received = 0
@@ -142,7 +142,7 @@ class BodyLimitMiddleware:
             await self.app(scope, counted_receive, tracked_send)
         except BodyTooLarge:
             if not started:
-                for message in _json_response(413, self._message()):
+                for message in json_messages(413, self._message()):
                     await send(message)
         except BodyStalled:
             if not started:
@@ -155,5 +155,5 @@ class BodyLimitMiddleware:
             message = (
                 f"request body shorter than its Content-Length: {received} of {declared} bytes, then {waited}"
             )
-            return _json_response(400, message)
-        return _json_response(408, f"request body timed out: {waited}")
+            return json_messages(400, message)
+        return json_messages(408, f"request body timed out: {waited}")

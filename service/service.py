@@ -21,7 +21,7 @@ import numpy as np
 from service.batching import adaptive_dispatcher
 from service.config import ServeConfig
 from service.errors import RequestError
-from service.http import ROUTES, build_app
+from service.http import ROUTES, JsonRoutingErrors, build_app
 from service.limits import clip
 from service.metrics import batch_size, inference_seconds
 from service.preprocess import open_images
@@ -166,3 +166,4 @@ Slimserve = bentoml.service(
     # (sample rate 0); skipping them on the hot routes saves ~0.2 ms per request.
     tracing={} if CONFIG.tracing else {"excluded_urls": "/predict,/models"},
 )(bentoml.asgi_app(build_app(CONFIG), path="/")(Slimserve))
+Slimserve.add_asgi_middleware(JsonRoutingErrors)

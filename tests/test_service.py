@@ -45,6 +45,8 @@ LIMITS = {
     "SLIMSERVE_MAX_BATCH_IMAGES": "4",
     "SLIMSERVE_MAX_BODY_BYTES": "300000",
     "SLIMSERVE_MAX_PIXELS": str(512 * 512),
+    "SLIMSERVE_MAX_REQUEST_PIXELS": str(3 * 512 * 512),
+    "SLIMSERVE_BODY_IDLE_TIMEOUT_S": "2",
 }
 
 
@@ -95,23 +97,22 @@ def _add_nan_variant(bundle_dir: Path) -> None:
     write_manifest(bundle_dir, data)
 
 
-@pytest.fixture(scope="module")
-def bundle(tiny_cnn_run: Path, tmp_path_factory: pytest.TempPathFactory):
+def export_test_bundle(run: Path, out: Path, name: str):
+    """The tiny CNN as fp32 (+ int8) plus the broken and nan variants, registered in the store."""
     variants = [v for v in ("fp32", "int8") if v in BUILDERS]
     manifest = export_bundle(
-        tiny_cnn_run,
-        out=tmp_path_factory.mktemp("bundles"),
-        name=BUNDLE,
-        version="v1",
-        variants=variants,
-        limit=300,
-        register=False,
+        run, out=out, name=name, version="v1", variants=variants, limit=300, register=False
     )
     _add_broken_variant(manifest.bundle_dir)
     _add_nan_variant(manifest.bundle_dir)
     manifest = read_manifest(manifest.bundle_dir)
     register_bundle(manifest)
     return manifest
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_cnn_run: Path, tmp_path_factory: pytest.TempPathFactory):
+    return export_test_bundle(tiny_cnn_run, tmp_path_factory.mktemp("bundles"), BUNDLE)
 
 
 def _descendants(pid: int) -> list[int]:
@@ -445,10 +446,35 @@ def test_unexpected_error_is_json_500_with_a_logged_counted_request_id(server, s
 def test_unknown_paths_share_one_metrics_label(server):
     for index in range(5):
         assert server.client.get(f"/no/such/path/{index}").status_code == 404
+    assert server.client.get("/no/such/path/x").json() == {
+        "error": "no route '/no/such/path/x'; see POST /predict, /predict/unbatched, /predict/batch; GET /models"
+    }
     text = server.client.get("/metrics").text
     assert "/no/such/path" not in text
     assert 'endpoint="other"' in text
     assert 'endpoint="/predict"' in text
+
+
+@pytest.mark.http
+def test_a_second_server_on_the_same_bentoml_home_leaves_the_first_ones_metrics_alive(
+    server, sample_png, start_server, tmp_path
+):
+    series = 'slimserve_predictions_total{outcome="ok",route="predict_unbatched",variant="fp32"}'
+    with start_server(
+        tmp_path / "second.log", {**LIMITS, "SLIMSERVE_BUNDLE": BUNDLE, "SLIMSERVE_VARIANTS": "fp32"}
+    ) as (
+        url,
+        _,
+    ):
+        before = _metric(server, series)
+        for _ in range(3):
+            server.client.post(
+                "/predict/unbatched?variant=fp32", content=sample_png, headers={"Content-Type": "image/png"}
+            )
+        assert _metric(server, series) - before == 3  # the first server's /metrics still moves
+        assert httpx.get(f"{url}/metrics", timeout=30).status_code == 200
+    homes = list((Path(os.environ["BENTOML_HOME"])).glob("prometheus_multiproc_*"))
+    assert len(homes) == 1  # the second server's folder is gone with it; the first one's remains
 
 
 # ---------------------------------------------------------------- providers and backends (in process)
