@@ -42,6 +42,13 @@ class ServeConfig:
     access_log: bool = False
     tracing: bool = False  # OpenTelemetry spans on the prediction routes (needs a BentoML tracing exporter)
     timeout_s: int = 60
+    # Work and memory per request: decoded pixels summed over every image of one request
+    # (a batch included), checked from the image headers before any pixel is decoded.
+    max_request_pixels: int = 4 * 4096 * 4096
+    max_json_depth: int = 8  # nesting of a JSON body; the API's own bodies need 3
+    max_json_number_chars: int = 24  # characters of one JSON number (no 5000-digit integers)
+    body_idle_timeout_s: int = 10  # a request body that stalls this long is answered 400 (or 408)
+    max_concurrency: int = 256  # requests in flight per worker; more get BentoML's 503 (health excluded)
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:

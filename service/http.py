@@ -8,10 +8,10 @@ as ``{"error": "..."}`` with the status that names the problem.
 
 import base64
 import binascii
-import json
 import logging
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,13 +20,13 @@ import numpy as np
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from service.config import ServeConfig
 from service.errors import RequestError
-from service.limits import BodyLimitMiddleware
+from service.limits import BodyAborted, BodyLimitMiddleware, clip, json_messages, parse_json
 from service.metrics import predictions, request_seconds
 
 logger = logging.getLogger("slimserve.service")
@@ -47,6 +47,9 @@ def _b64(value: Any, where: str) -> bytes:
         raise RequestError(400, f"{where} must be a base64 string")
     if value.startswith("data:"):
         value = value.partition(",")[2]  # data URLs as browsers produce them
+    # `base64` and MIME encoders wrap lines (RFC 2045); whitespace carries no data, anything
+    # else outside the alphabet is still refused by validate=True.
+    value = "".join(value.split())
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
@@ -54,10 +57,15 @@ def _b64(value: Any, where: str) -> bytes:
 
 
 OPTIONS = ("variant", "top_k")
+ROUTES = ("/predict", "/predict/unbatched", "/predict/batch", "/models")
+ROUTES_TEXT = "POST /predict, /predict/unbatched, /predict/batch; GET /models"
 
 
-async def read_payloads(request: Request, many: bool, max_images: int) -> tuple[list[bytes], dict[str, Any]]:
+async def read_payloads(
+    request: Request, many: bool, config: ServeConfig
+) -> tuple[list[bytes], dict[str, Any]]:
     """The image bytes of a request and its options (query parameters, or JSON fields)."""
+    max_images = config.max_batch_images
     options: dict[str, Any] = dict(request.query_params)
     media_type = _media_type(request)
     if media_type == "multipart/form-data":
@@ -80,10 +88,7 @@ async def read_payloads(request: Request, many: bool, max_images: int) -> tuple[
             raise RequestError(415, f"a batch is a multipart form or JSON list, not {media_type}")
         payloads = [await request.body()]
     elif media_type == "application/json":
-        try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise RequestError(400, "the body is not valid JSON") from None
+        body = parse_json(await request.body(), config.max_json_depth, config.max_json_number_chars)
         if not isinstance(body, dict):
             raise RequestError(400, "the JSON body must be an object")
         key = "images" if many else "image"
@@ -98,6 +103,8 @@ async def read_payloads(request: Request, many: bool, max_images: int) -> tuple[
         options.update({k: v for k, v in body.items() if k != key})
     else:
         raise RequestError(415, f"unsupported content type {media_type or '(none)'!r}; send {ACCEPTED}")
+    if many and not payloads:
+        raise RequestError(400, "the batch is empty: send at least one image")
     if many and len(payloads) > max_images:
         raise RequestError(413, f"too many images in one batch: the limit is {max_images}")
     if not many and len(payloads) != 1:
@@ -106,19 +113,27 @@ async def read_payloads(request: Request, many: bool, max_images: int) -> tuple[
         )
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:  # a misspelt option would otherwise fall back to the default silently
-        raise RequestError(400, f"unknown parameter {unknown[0]!r}; accepted: {', '.join(OPTIONS)}")
+        raise RequestError(400, f"unknown parameter {clip(unknown[0])}; accepted: {', '.join(OPTIONS)}")
     return payloads, options
 
 
 def parse_top_k(value: Any, default: int) -> int:
+    """A whole number >= 1 from a query string or a JSON integer; k above the class count is capped later.
+
+    Floats (2.5, 1e400), booleans and digit strings longer than 9 are refused rather than
+    truncated or converted: int() of an infinite float or a huge digit string raises.
+    """
     if value is None:
         return default
-    try:
-        k = int(value)
-    except (TypeError, ValueError):
-        raise RequestError(400, f"top_k must be a whole number, got {value!r}") from None
+    digits = value.strip() if isinstance(value, str) else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        k = value
+    elif digits and digits.lstrip("+-").isdigit() and digits.isascii() and len(digits) <= 9:
+        k = int(digits)
+    else:
+        raise RequestError(400, f"top_k must be a whole number, got {clip(value)}")
     if k < 1:
-        raise RequestError(400, f"top_k must be at least 1, got {k}")
+        raise RequestError(400, f"top_k must be at least 1, got {clip(k)}")
     return k
 
 
@@ -132,6 +147,23 @@ def top_k(logits: np.ndarray, k: int, classes: list[str]) -> list[dict[str, Any]
 
 
 Handler = Callable[[Any, Request], Awaitable[JSONResponse]]
+
+
+def internal_error(route: str, request: Request) -> JSONResponse:
+    """Log the current exception with a fresh request id and answer a JSON 500 naming it.
+
+    The id is the only link between what the client sees and the traceback in the log.
+    """
+    request_id = uuid.uuid4().hex[:16]
+    logger.exception("unexpected error on %s (request id %s)", route, request_id)
+    return JSONResponse(
+        {
+            "error": f"internal error; quote request id {request_id} when reporting it",
+            "request_id": request_id,
+        },
+        status_code=500,
+        headers={"x-request-id": request_id},
+    )
 
 
 def _endpoint(route: str, handler: Handler) -> Callable[[Request], Awaitable[JSONResponse]]:
@@ -148,6 +180,14 @@ def _endpoint(route: str, handler: Handler) -> Callable[[Request], Awaitable[JSO
         except RequestError as exc:
             response = error_response(exc.status, exc.message)
             outcome = str(exc.status)
+        except BodyAborted:  # BodyLimitMiddleware answers these
+            raise
+        except ClientDisconnect:  # the client left mid-body: nobody reads the answer
+            response = error_response(400, "the client disconnected before the body was complete")
+            outcome = "400"
+        except Exception:  # a bug or fault of ours: JSON 500, logged and counted, never a traceback
+            response = internal_error(route, request)
+            outcome = "500"
         if route != "models":
             variant = request.state.variant
             predictions.labels(variant=variant, route=route, outcome=outcome).inc(
@@ -161,7 +201,7 @@ def _endpoint(route: str, handler: Handler) -> Callable[[Request], Awaitable[JSO
 
 async def _predict(service: Any, request: Request, mode: str) -> JSONResponse:
     config: ServeConfig = service.config
-    payloads, options = await read_payloads(request, many=mode == "batch", max_images=config.max_batch_images)
+    payloads, options = await read_payloads(request, many=mode == "batch", config=config)
     variant = service.pick(options.get("variant"))
     request.state.variant = variant.name
     request.state.images = len(payloads)
@@ -199,11 +239,21 @@ async def _predict(service: Any, request: Request, mode: str) -> JSONResponse:
     )
 
 
+def _compact(description: dict[str, Any]) -> dict[str, Any]:
+    """A variant's description without the bundle manifest (listed once), plus its own manifest entry."""
+    manifest = description["manifest"]
+    entry = manifest.get("variants", {}).get(description["variant"], {})
+    return {k: v for k, v in description.items() if k != "manifest"} | {"entry": entry}
+
+
 async def _models(service: Any, request: Request) -> JSONResponse:
+    described = [v.describe() for v in service.variants.values()]
     return JSONResponse(
         {
             "default_variant": service.default_variant,
-            "variants": [v.describe() for v in service.variants.values()],
+            "variants": [_compact(d) for d in described],
+            # Every variant of a service comes from one bundle version, hence one manifest.
+            "manifest": described[0]["manifest"] if described else None,
             "workers": service.config.worker_count,
             "threads_per_worker": service.config.thread_count,
             "adaptive_batching": {
@@ -225,12 +275,73 @@ def build_app(config: ServeConfig) -> Starlette:
     async def predict_batch(service: Any, request: Request) -> JSONResponse:
         return await _predict(service, request, "batch")
 
+    async def method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
+        allowed = getattr(exc, "headers", None) or {}
+        return JSONResponse(
+            {"error": f"method {clip(request.method)} not allowed on {request.url.path}"},
+            status_code=405,
+            headers=allowed,
+        )
+
     routes = [
         Route("/predict", _endpoint("predict", predict), methods=["POST"]),
         Route("/predict/unbatched", _endpoint("predict_unbatched", predict_unbatched), methods=["POST"]),
         Route("/predict/batch", _endpoint("predict_batch", predict_batch), methods=["POST"]),
         Route("/models", _endpoint("models", _models), methods=["GET"]),
     ]
-    return Starlette(
-        routes=routes, middleware=[Middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)]
+    app = Starlette(
+        routes=routes,
+        middleware=[
+            Middleware(
+                BodyLimitMiddleware,
+                max_bytes=config.max_body_bytes,
+                idle_timeout_s=config.body_idle_timeout_s,
+            )
+        ],
+        exception_handlers={405: method_not_allowed},
     )
+    app.router.redirect_slashes = False  # see JsonRoutingErrors
+    return app
+
+
+class JsonRoutingErrors:
+    """Service-level ASGI middleware: the router's own answers as JSON errors.
+
+    BentoML mounts this app passively: a path none of its routes match never reaches it,
+    and BentoML's router answers itself, with a plain-text 404, a plain-text 405 for its own
+    routes, or, for a trailing slash (``POST /predict/``), a 307 to an absolute URL built
+    from the client's ``Host`` header. Those three are replaced by a JSON 404 or 405.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        replaced = False
+
+        async def json_send(message: dict) -> None:
+            nonlocal replaced
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                content_type = dict(message.get("headers", [])).get(b"content-type", b"")
+                if status in (307, 308) or (
+                    status in (404, 405) and not content_type.startswith(b"application/json")
+                ):
+                    replaced = True
+                    path = clip(scope["path"])
+                    text = (
+                        f"method {clip(scope['method'])} not allowed on {path}"
+                        if status == 405
+                        else f"no route {path}; see {ROUTES_TEXT}"
+                    )
+                    for own in json_messages(405 if status == 405 else 404, text):
+                        await send(own)
+                    return
+            elif replaced:
+                return  # the router's own body
+            await send(message)
+
+        await self.app(scope, receive, json_send)

@@ -62,6 +62,24 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     return load_image(open_image(data, max_pixels))
 
 
+def open_images(payloads: list[bytes], max_pixels: int, max_request_pixels: int) -> list[Image.Image]:
+    """Every image of one request opened from its header, and the request's pixel budget checked.
+
+    The per-image limit alone lets 64 tiny PNGs each declaring 4096x4096 cost a gigapixel
+    of decoding; the budget refuses such a request before any pixel is decoded.
+    """
+    images = [open_image(data, max_pixels) for data in payloads]
+    total = sum(image.width * image.height for image in images)
+    if total > max_request_pixels:
+        for image in images:
+            image.close()
+        raise RequestError(
+            413,
+            f"images too large together: {total} pixels in this request, the limit is {max_request_pixels}",
+        )
+    return images
+
+
 class Preprocessor:
     """The spec compiled once: mode, size, filter and a per-channel lookup table.
 
@@ -102,4 +120,21 @@ class Preprocessor:
     def batch(self, images: list[Image.Image]) -> np.ndarray:
         """Opened images -> float32 (N, C, H, W); decoding errors surface as 400s."""
         pixels = np.stack([self.pixels(load_image(image)) for image in images])
+        return self.normalize(pixels)
+
+    def request_batch(self, images: list[Image.Image]) -> np.ndarray:
+        """A request's opened images -> float32 (N, C, H, W), decoding one image at a time.
+
+        Each image is decoded, brought to the spec's size and closed before the next is
+        decoded, so a request holds at most one full-size image at once (plus the small
+        model-sized arrays), whatever its count. The images are closed either way.
+        """
+        try:
+            pixels = np.empty((len(images), self.spec.channels, self.size[1], self.size[0]), dtype=np.uint8)
+            for index, image in enumerate(images):
+                pixels[index] = self.pixels(load_image(image))
+                image.close()
+        finally:
+            for image in images:
+                image.close()
         return self.normalize(pixels)

@@ -21,14 +21,20 @@ import numpy as np
 from service.batching import adaptive_dispatcher
 from service.config import ServeConfig
 from service.errors import RequestError
-from service.http import build_app
+from service.http import ROUTES, JsonRoutingErrors, build_app
+from service.limits import clip
 from service.metrics import batch_size, inference_seconds
-from service.preprocess import open_image
+from service.preprocess import open_images
+from service.prometheus import bound_http_metric_paths, use_own_multiprocess_dir
 from service.store import LoadedVariant, load_variant, resolve_tags
 
 logger = logging.getLogger("slimserve.service")
 CONFIG = ServeConfig.from_env()
 TAGS = resolve_tags(CONFIG)
+# BentoML's own routes plus ours: the only values the HTTP metrics' path label may take.
+KNOWN_PATHS = frozenset(("/", "/docs.json", "/metrics", "/livez", "/readyz", "/healthz", *ROUTES))
+bound_http_metric_paths(KNOWN_PATHS)
+use_own_multiprocess_dir()
 # Below these costs a thread hop (~50-100 us) costs more than the work it would move off
 # the event loop, so small images are decoded and fast models run in place.
 INLINE_PIXELS = 256 * 256
@@ -80,14 +86,14 @@ class Slimserve:
         if name is None or name == "":
             return self.variants[self.default_variant]
         if not isinstance(name, str) or name not in self.variants:
-            raise RequestError(404, f"unknown model {name!r}; loaded: {', '.join(self.variants)}")
+            raise RequestError(404, f"unknown model {clip(name)}; loaded: {', '.join(self.variants)}")
         return self.variants[name]
 
     async def preprocess(self, variant: LoadedVariant, payloads: list[bytes]) -> np.ndarray:
-        images = [open_image(data, self.config.max_pixels) for data in payloads]
+        images = open_images(payloads, self.config.max_pixels, self.config.max_request_pixels)
         if sum(i.width * i.height for i in images) <= INLINE_PIXELS:
-            return variant.preprocessor.batch(images)
-        return await anyio.to_thread.run_sync(variant.preprocessor.batch, images)
+            return variant.preprocessor.request_batch(images)
+        return await anyio.to_thread.run_sync(variant.preprocessor.request_batch, images)
 
     async def _run_model(self, variant: LoadedVariant, batch: np.ndarray) -> np.ndarray:
         try:
@@ -152,7 +158,7 @@ Slimserve = bentoml.service(
     name="slimserve",
     workers=CONFIG.worker_count,
     threads=CONFIG.thread_count,
-    traffic={"timeout": CONFIG.timeout_s},
+    traffic={"timeout": CONFIG.timeout_s, "max_concurrency": CONFIG.max_concurrency},
     resources={"cpu": str(CONFIG.worker_count * CONFIG.thread_count)}
     | ({"gpu": 1} if CONFIG.providers in ("cuda", "tensorrt") else {}),
     logging={"access": {"enabled": CONFIG.access_log}},
@@ -160,3 +166,4 @@ Slimserve = bentoml.service(
     # (sample rate 0); skipping them on the hot routes saves ~0.2 ms per request.
     tracing={} if CONFIG.tracing else {"excluded_urls": "/predict,/models"},
 )(bentoml.asgi_app(build_app(CONFIG), path="/")(Slimserve))
+Slimserve.add_asgi_middleware(JsonRoutingErrors)

@@ -46,6 +46,8 @@ LIMITS = {
     "SLIMSERVE_MAX_BATCH_IMAGES": "4",
     "SLIMSERVE_MAX_BODY_BYTES": "300000",
     "SLIMSERVE_MAX_PIXELS": str(512 * 512),
+    "SLIMSERVE_MAX_REQUEST_PIXELS": str(3 * 512 * 512),
+    "SLIMSERVE_BODY_IDLE_TIMEOUT_S": "2",
 }
 
 
@@ -72,22 +74,46 @@ def _add_broken_variant(bundle_dir: Path) -> None:
     write_manifest(bundle_dir, data)
 
 
-@pytest.fixture(scope="module")
-def bundle(tiny_cnn_run: Path, tmp_path_factory: pytest.TempPathFactory):
+def _add_nan_variant(bundle_dir: Path) -> None:
+    """fp32's graph with its logits multiplied by NaN: loads and warms up (the shape is right),
+    then every answer holds NaN, which JSON cannot carry: a real fault inside the route."""
+    manifest = read_manifest(bundle_dir)
+    fp32 = manifest.variant("fp32")
+    model = onnx.load(str(fp32.files["onnx"].verified_path(bundle_dir)))
+    output = model.graph.output[0].name
+    model.graph.initializer.append(
+        onnx.helper.make_tensor("nan", onnx.TensorProto.FLOAT, [1], [float("nan")])
+    )
+    model.graph.node.append(onnx.helper.make_node("Mul", [output, "nan"], ["nan_logits"]))
+    model.graph.output[0].name = "nan_logits"
+    (bundle_dir / "nan").mkdir()
+    path = bundle_dir / "nan" / "model.onnx"
+    onnx.save(model, str(path))
+    data = json.loads(json.dumps(manifest.data))
+    entry = {k: v for k, v in fp32.entry.items() if k != "files"}
+    entry["files"] = {
+        "onnx": {"path": "nan/model.onnx", "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    }
+    data["variants"]["nan"] = entry
+    write_manifest(bundle_dir, data)
+
+
+def export_test_bundle(run: Path, out: Path, name: str):
+    """The tiny CNN as fp32 (+ int8) plus the broken and nan variants, registered in the store."""
     variants = [v for v in ("fp32", "int8") if v in BUILDERS]
     manifest = export_bundle(
-        tiny_cnn_run,
-        out=tmp_path_factory.mktemp("bundles"),
-        name=BUNDLE,
-        version="v1",
-        variants=variants,
-        limit=300,
-        register=False,
+        run, out=out, name=name, version="v1", variants=variants, limit=300, register=False
     )
     _add_broken_variant(manifest.bundle_dir)
+    _add_nan_variant(manifest.bundle_dir)
     manifest = read_manifest(manifest.bundle_dir)
     register_bundle(manifest)
     return manifest
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_cnn_run: Path, tmp_path_factory: pytest.TempPathFactory):
+    return export_test_bundle(tiny_cnn_run, tmp_path_factory.mktemp("bundles"), BUNDLE)
 
 
 def _descendants(pid: int) -> list[int]:
@@ -209,7 +235,7 @@ def test_batch_matches_single_predictions(server, fashion):
 
 @pytest.mark.http
 def test_variant_selection_and_model_list(server, bundle, sample_png):
-    for variant in bundle.variants:
+    for variant in set(bundle.variants) - {"nan"}:  # nan answers 500 by design
         answer = server.client.post(
             f"/predict?variant={variant}", content=sample_png, headers={"Content-Type": "image/png"}
         )
@@ -219,7 +245,9 @@ def test_variant_selection_and_model_list(server, bundle, sample_png):
     described = {v["variant"]: v for v in listing["variants"]}
     assert set(described) == set(bundle.variants)
     fp32 = described["fp32"]
-    assert fp32["manifest"]["variants"]["fp32"]["files"] == bundle.data["variants"]["fp32"]["files"]
+    assert listing["manifest"] == bundle.data  # once, not once per variant
+    assert fp32["entry"]["files"] == bundle.data["variants"]["fp32"]["files"]
+    assert all("manifest" not in v for v in listing["variants"])
     assert fp32["tag"] == f"{BUNDLE}-fp32:v1"
     # onnxruntime-gpu lists TensorRT and CUDA on every machine; auto asks for them only where
     # a GPU is visible, and the model list says what was asked for and what runs.
@@ -387,6 +415,67 @@ def test_model_failure_is_503_and_service_stays_up(server, sample_png):
     )
     assert again.status_code == 200 and again.json()["variant"] == "broken"
     assert server.process.poll() is None
+
+
+@pytest.mark.http
+def test_unexpected_error_is_json_500_with_a_logged_counted_request_id(server, sample_png):
+    before = _metric(
+        server, 'slimserve_predictions_total{outcome="500",route="predict_unbatched",variant="nan"}'
+    )
+    failed = server.client.post(
+        "/predict/unbatched?variant=nan", content=sample_png, headers={"Content-Type": "image/png"}
+    )
+    assert failed.status_code == 500
+    body = failed.json()
+    request_id = body["request_id"]
+    assert failed.headers["x-request-id"] == request_id and request_id in body["error"]
+    assert "Traceback" not in failed.text
+    after = _metric(
+        server, 'slimserve_predictions_total{outcome="500",route="predict_unbatched",variant="nan"}'
+    )
+    assert after - before == 1
+    deadline = time.monotonic() + 10
+    while f"(request id {request_id})" not in server.log.read_text():
+        assert time.monotonic() < deadline, "the request id never reached the log"
+        time.sleep(0.2)
+    assert "ValueError" in server.log.read_text()  # the traceback is in the log, not the answer
+    ok = server.client.post("/predict/unbatched", content=sample_png, headers={"Content-Type": "image/png"})
+    assert ok.status_code == 200
+
+
+@pytest.mark.http
+def test_unknown_paths_share_one_metrics_label(server):
+    for index in range(5):
+        assert server.client.get(f"/no/such/path/{index}").status_code == 404
+    assert server.client.get("/no/such/path/x").json() == {
+        "error": "no route '/no/such/path/x'; see POST /predict, /predict/unbatched, /predict/batch; GET /models"
+    }
+    text = server.client.get("/metrics").text
+    assert "/no/such/path" not in text
+    assert 'endpoint="other"' in text
+    assert 'endpoint="/predict"' in text
+
+
+@pytest.mark.http
+def test_a_second_server_on_the_same_bentoml_home_leaves_the_first_ones_metrics_alive(
+    server, sample_png, start_server, tmp_path
+):
+    series = 'slimserve_predictions_total{outcome="ok",route="predict_unbatched",variant="fp32"}'
+    with start_server(
+        tmp_path / "second.log", {**LIMITS, "SLIMSERVE_BUNDLE": BUNDLE, "SLIMSERVE_VARIANTS": "fp32"}
+    ) as (
+        url,
+        _,
+    ):
+        before = _metric(server, series)
+        for _ in range(3):
+            server.client.post(
+                "/predict/unbatched?variant=fp32", content=sample_png, headers={"Content-Type": "image/png"}
+            )
+        assert _metric(server, series) - before == 3  # the first server's /metrics still moves
+        assert httpx.get(f"{url}/metrics", timeout=30).status_code == 200
+    homes = list((Path(os.environ["BENTOML_HOME"])).glob("prometheus_multiproc_*"))
+    assert len(homes) == 1  # the second server's folder is gone with it; the first one's remains
 
 
 # ---------------------------------------------------------------- providers and backends (in process)
