@@ -18,6 +18,7 @@ from benchmarks.runtimes import EAGER, ONNXRUNTIME, TORCHSCRIPT
 from benchmarks.selection import pareto_front, recommend
 from slimserve.allocator import POLICY
 from slimserve.console import cli_console
+from slimserve.documents import write_json
 from slimserve.errors import SlimserveError
 from slimserve.manifest import Manifest, read_manifest
 
@@ -389,7 +390,7 @@ def bench_models(
     import onnxruntime as ort
 
     from benchmarks.plots import plot_accuracy_throughput, plot_latency
-    from benchmarks.report import models_markdown, models_table, write_json
+    from benchmarks.report import models_markdown, models_table
 
     console = console or cli_console()
     if settings.select_batch not in settings.batch_sizes:
@@ -436,13 +437,13 @@ def bench_models(
         "summary": summarize(rows, reference_name, settings),
     }
     json_path = out / "bench-models.json"
-    write_json(json_path, report)
+    write_json(json_path, report, allow_nan=False)
     plots = [
         plot_latency(report, out / "latency-vs-batch.png"),
         plot_accuracy_throughput(report, out / "accuracy-vs-throughput.png"),
     ]
     report["plots"] = [str(p) for p in plots if p is not None]
-    write_json(json_path, report)
+    write_json(json_path, report, allow_nan=False)
     (out / "bench-models.md").write_text(models_markdown(report))
     console.print(models_table(report))
     for note in notes:

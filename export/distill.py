@@ -18,8 +18,9 @@ from rich.console import Console
 from rich.table import Table
 
 from slimserve.console import cli_console
+from slimserve.documents import write_json
 from slimserve.errors import SlimserveError
-from training.checkpoint import METADATA_FILE, load_checkpoint, read_metadata, write_json
+from training.checkpoint import METADATA_FILE, load_checkpoint, read_metadata
 from training.config import TrainConfig
 from training.datasets import limit_dataset, load_data
 from training.distillation import distill_from
