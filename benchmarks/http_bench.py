@@ -31,6 +31,7 @@ from slimserve.console import cli_console
 from slimserve.documents import write_json
 from slimserve.errors import SlimserveError
 from slimserve.local_server import free_port, wait_ready
+from slimserve.samples import write_pngs
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
@@ -93,13 +94,9 @@ def write_test_images(manifest: dict[str, Any], folder: Path, count: int) -> lis
 
     spec = manifest["preprocess"]
     data = load_data(manifest["dataset"], image_size=spec["height"], channels=spec["channels"])
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for index, (image, _) in enumerate(limit_dataset(data.test, count, 0)):  # type: ignore[arg-type]
-        path = folder / f"test-{index:04d}.png"
-        image.save(path)
-        paths.append(path)
-    return paths
+    samples = limit_dataset(data.test, count, 0)
+    named = ((image, data.classes[label]) for image, label in samples)  # type: ignore[attr-defined]
+    return write_pngs(named, folder)
 
 
 def run_locust(
