@@ -1,4 +1,4 @@
-"""JSON, Markdown and terminal tables for the benchmark reports."""
+"""Markdown and terminal tables for the benchmark reports (the JSON goes through slimserve.documents)."""
 
 import math
 from pathlib import Path
