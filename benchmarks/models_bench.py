@@ -11,11 +11,11 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from benchmarks.blocks import BlockResult, run_block
 from benchmarks.inputs import BenchData, load_test_images, save_array
 from benchmarks.machine import machine_info, share_of_peak
 from benchmarks.runtimes import EAGER, ONNXRUNTIME, TORCHSCRIPT
 from benchmarks.selection import pareto_front, recommend
+from benchmarks.worker_process import WorkerResult, run_worker
 from slimserve.allocator import POLICY
 from slimserve.console import cli_console
 from slimserve.documents import write_json
@@ -153,7 +153,7 @@ def achieved_gops(macs: int | None, images_per_s: float) -> float | None:
 def _rows(
     manifest: Manifest,
     block: Block,
-    result: BlockResult,
+    result: WorkerResult,
     peak: dict[str, Any],
     accuracy: dict[str, Any],
 ) -> list[dict[str, Any]]:
@@ -333,7 +333,7 @@ def _run_matrix(
 
                 first = round_index == 0
                 job = _job(manifest, block, settings, inputs, eval_inputs if first else None)
-                result = run_block(job, on_batch)
+                result = run_worker(job, on_batch)
                 if result.error:
                     failures.append({**asdict(block), "round": round_index + 1, "error": result.error})
                     progress.console.print(f"  [red]{label}: {result.error}[/red]")
