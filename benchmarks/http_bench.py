@@ -10,11 +10,9 @@ measured in this process. Only loopback targets are accepted: this is a load gen
 import contextlib
 import ipaddress
 import json
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -30,7 +28,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from benchmarks.machine import machine_info
 from benchmarks.stats import percentiles
 from slimserve.console import cli_console
+from slimserve.documents import write_json
 from slimserve.errors import SlimserveError
+from slimserve.local_server import free_port, wait_ready
+from slimserve.samples import write_pngs
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
@@ -78,29 +79,6 @@ def get_json(url: str, timeout: float = 10.0) -> Any:
         raise SlimserveError(f"cannot reach {url}: {reason}; is the service running?") from None
 
 
-def wait_ready(url: str, process: subprocess.Popen, timeout: float = READY_TIMEOUT_S) -> float:
-    start = time.perf_counter()
-    while time.perf_counter() - start < timeout:
-        if process.poll() is not None:
-            raise SlimserveError(
-                f"the reference server exited with code {process.returncode} before it was ready"
-            )
-        with (
-            contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError),
-            urllib.request.urlopen(f"{url}/readyz", timeout=1) as response,
-        ):
-            if response.status == 200:
-                return time.perf_counter() - start
-        time.sleep(0.1)
-    raise SlimserveError(f"the reference server was not ready after {timeout:.0f} s")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def collect_images(images_dir: Path, count: int) -> list[Path]:
     if not images_dir.is_dir():
         raise SlimserveError(f"--images {images_dir} is not a folder")
@@ -116,13 +94,9 @@ def write_test_images(manifest: dict[str, Any], folder: Path, count: int) -> lis
 
     spec = manifest["preprocess"]
     data = load_data(manifest["dataset"], image_size=spec["height"], channels=spec["channels"])
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for index, (image, _) in enumerate(limit_dataset(data.test, count, 0)):  # type: ignore[arg-type]
-        path = folder / f"test-{index:04d}.png"
-        image.save(path)
-        paths.append(path)
-    return paths
+    samples = limit_dataset(data.test, count, 0)
+    named = ((image, data.classes[label]) for image, label in samples)  # type: ignore[attr-defined]
+    return write_pngs(named, folder)
 
 
 def run_locust(
@@ -204,7 +178,7 @@ def reference_server(
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True)
         try:
             try:
-                ready_s = wait_ready(url, process)
+                ready_s = wait_ready(url, process, READY_TIMEOUT_S, server="the reference server")
             except SlimserveError as exc:
                 log.seek(0)
                 lines = [line for line in log.read().splitlines() if line.strip()]
@@ -307,118 +281,149 @@ def bench_http(
     url: str, out: Path, settings: HttpBenchSettings, console: Console | None = None
 ) -> dict[str, Any]:
     """Run every target x concurrency; write bench-http.json/.md and a plot into ``out``."""
-    from benchmarks.plots import plot_http
-    from benchmarks.report import http_markdown, http_table, write_json
-
     console = console or cli_console()
     url = check_loopback(url)
-    models = get_json(f"{url}/models")
-    if not isinstance(models, dict) or not {"variants", "default_variant", "workers"} <= models.keys():
-        raise SlimserveError(f"{url} does not look like a slimserve service: GET /models lists no variants")
-    variant = settings.variant or models["default_variant"]
-    described = next((v for v in models["variants"] if v["variant"] == variant), None)
-    if described is None:
-        known = ", ".join(v["variant"] for v in models["variants"])
-        raise SlimserveError(f"the service does not serve variant {variant!r}; it serves {known}")
-    query = f"?variant={variant}"
+    models, described = served_variant(url, settings.variant)
     out.mkdir(parents=True, exist_ok=True)
     if settings.images_dir is not None:
         images = collect_images(settings.images_dir, settings.image_count)
     else:
         images = write_test_images(described["manifest"], out / "images", settings.image_count)
     threads = int(models["threads_per_worker"])
-    workers = int(models["workers"])
-    need_bundle = settings.reference or settings.in_process_repeats > 0
     backend_kind = str(described.get("backend", "onnx"))
-    bundle_dir = resolve_bundle(settings, described) if need_bundle else None
-    if bundle_dir is not None and backend_kind not in described["manifest"]["variants"][variant]["files"]:
-        raise SlimserveError(
-            f"variant {variant} has no {backend_kind} file, which the reference and in-process figures run; "
-            "pass --no-reference --in-process-repeats 0"
-        )
+    bundle_dir = _local_bundle(settings, described, backend_kind)
     local = None
     if bundle_dir is not None and settings.in_process_repeats > 0:
         with console.status("in-process batch-1 latency"):
             local = in_process(
-                bundle_dir, variant, backend_kind, threads, images, settings.in_process_repeats
+                bundle_dir, described["variant"], backend_kind, threads, images, settings.in_process_repeats
             )
-    targets = [
-        ("adaptive", url, settings.adaptive_path + query),
-        ("unbatched", url, settings.unbatched_path + query),
-    ]
-    results: dict[str, list[dict[str, Any]]] = {}
-    reference_info: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="slimserve-http-") as tmp_name:
-        tmp = Path(tmp_name)
-        images_file = tmp / "images.txt"
-        images_file.write_text("\n".join(str(p.resolve()) for p in images))
-        total = (len(targets) + int(settings.reference)) * len(settings.concurrency)
-        progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=console, transient=True,
-        )  # fmt: skip
-        with progress:
-            task = progress.add_task("load", total=total)
-
-            def drive(target: str, base: str, path: str) -> None:
-                for users in settings.concurrency:
-                    progress.update(task, description=f"{target} x{users}")
-                    row = run_locust(target, base, path, images_file, users, settings, tmp)
-                    results.setdefault(target, []).append(row)
-                    progress.advance(task)
-                    progress.console.print(
-                        f"  {target:<10} concurrency {users:>3}: {row['ok_per_s'] or 0:8.1f} req/s, "
-                        f"p50 {row.get('p50_ms', float('nan')):7.2f} ms, errors {row['errors']}"
-                    )
-
-            for target, base, path in targets:
-                drive(target, base, path)
-            if settings.reference and bundle_dir is not None:
-                with reference_server(bundle_dir, variant, backend_kind, workers, threads) as (
-                    ref_url,
-                    ready_s,
-                ):
-                    reference_info = {
-                        "workers": workers,
-                        "threads": threads,
-                        "backend": backend_kind,
-                        "ready_s": ready_s,
-                    }
-                    drive("reference", ref_url, "/predict")
+        load = _LoadRuns(settings, images, Path(tmp_name), console)
+        with load.progress:
+            reference = load.drive_all(url, models, described, bundle_dir)
     report = {
         "kind": "slimserve.bench-http",
         "schema_version": 1,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "url": url,
-        "variant": variant,
+        "variant": described["variant"],
         "bundle": {"name": described["bundle"], "version": described["version"], "tag": described["tag"]},
         "service": {
-            "workers": workers,
+            "workers": int(models["workers"]),
             "threads_per_worker": threads,
             "backend": described.get("backend"),
             "provider": described.get("provider"),
             "adaptive_batching": models.get("adaptive_batching"),
         },
         "machine": machine_info(),
-        "settings": {
-            **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()},
-            "concurrency": list(settings.concurrency),
-            "images": len(images),
-            "load_generator": "locust (FastHttpUser, headless, one process on this machine: it shares the "
-            "CPU with the server), closed loop without think time; raw image bodies with their content type; "
-            "each user's first (connection-opening) request is not counted",
-            "requests_per_s": "ok_per_s = successful responses / (last response - first request start)",
-        },
-        "reference": reference_info,
+        "settings": _settings_doc(settings, len(images)),
+        "reference": reference,
         "in_process": local,
-        "results": results,
-        "comparisons": comparisons(results, local),
+        "results": load.results,
+        "comparisons": comparisons(load.results, local),
     }
+    _write_reports(report, out, console)
+    return report
+
+
+def served_variant(url: str, variant: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The service's ``GET /models`` and its entry for ``variant`` (default: the service's
+    default variant); refuses anything that is not a slimserve service serving it."""
+    models = get_json(f"{url}/models")
+    if not isinstance(models, dict) or not {"variants", "default_variant", "workers"} <= models.keys():
+        raise SlimserveError(f"{url} does not look like a slimserve service: GET /models lists no variants")
+    variant = variant or models["default_variant"]
+    described = next((v for v in models["variants"] if v["variant"] == variant), None)
+    if described is None:
+        known = ", ".join(v["variant"] for v in models["variants"])
+        raise SlimserveError(f"the service does not serve variant {variant!r}; it serves {known}")
+    return models, described
+
+
+def _local_bundle(settings: HttpBenchSettings, described: dict[str, Any], backend_kind: str) -> Path | None:
+    """The served variant's folder, when the reference or the in-process figure needs it;
+    both run the service's backend, so its file must be there."""
+    if not (settings.reference or settings.in_process_repeats > 0):
+        return None
+    bundle_dir = resolve_bundle(settings, described)
+    variant = described["variant"]
+    if backend_kind not in described["manifest"]["variants"][variant]["files"]:
+        raise SlimserveError(
+            f"variant {variant} has no {backend_kind} file, which the reference and in-process figures run; "
+            "pass --no-reference --in-process-repeats 0"
+        )
+    return bundle_dir
+
+
+class _LoadRuns:
+    """Drives each target at every concurrency with locust, under one progress bar;
+    ``results`` collects each target's rows in order."""
+
+    def __init__(self, settings: HttpBenchSettings, images: list[Path], tmp: Path, console: Console) -> None:
+        self.settings = settings
+        self.tmp = tmp
+        self.images_file = tmp / "images.txt"
+        self.images_file.write_text("\n".join(str(p.resolve()) for p in images))
+        self.results: dict[str, list[dict[str, Any]]] = {}
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=console, transient=True,
+        )  # fmt: skip
+        targets = 3 if settings.reference else 2
+        self.task = self.progress.add_task("load", total=targets * len(settings.concurrency))
+
+    def drive_all(
+        self, url: str, models: dict[str, Any], described: dict[str, Any], bundle_dir: Path | None
+    ) -> dict[str, Any] | None:
+        """The service's adaptive and unbatched routes, then the bare reference on the same
+        backend, workers and threads; returns how the reference ran (None without one)."""
+        settings = self.settings
+        variant = described["variant"]
+        self.drive("adaptive", url, f"{settings.adaptive_path}?variant={variant}")
+        self.drive("unbatched", url, f"{settings.unbatched_path}?variant={variant}")
+        if not settings.reference or bundle_dir is None:
+            return None
+        workers, threads = int(models["workers"]), int(models["threads_per_worker"])
+        backend = str(described.get("backend", "onnx"))
+        with reference_server(bundle_dir, variant, backend, workers, threads) as (reference_url, ready_s):
+            self.drive("reference", reference_url, "/predict")
+        return {"workers": workers, "threads": threads, "backend": backend, "ready_s": ready_s}
+
+    def drive(self, target: str, base: str, path: str) -> None:
+        progress = self.progress
+        for users in self.settings.concurrency:
+            progress.update(self.task, description=f"{target} x{users}")
+            row = run_locust(target, base, path, self.images_file, users, self.settings, self.tmp)
+            self.results.setdefault(target, []).append(row)
+            progress.advance(self.task)
+            progress.console.print(
+                f"  {target:<10} concurrency {users:>3}: {row['ok_per_s'] or 0:8.1f} req/s, "
+                f"p50 {row.get('p50_ms', float('nan')):7.2f} ms, errors {row['errors']}"
+            )
+
+
+def _settings_doc(settings: HttpBenchSettings, images: int) -> dict[str, Any]:
+    return {
+        **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()},
+        "concurrency": list(settings.concurrency),
+        "images": images,
+        "load_generator": "locust (FastHttpUser, headless, one process on this machine: it shares the "
+        "CPU with the server), closed loop without think time; raw image bodies with their content type; "
+        "each user's first (connection-opening) request is not counted",
+        "requests_per_s": "ok_per_s = successful responses / (last response - first request start)",
+    }
+
+
+def _write_reports(report: dict[str, Any], out: Path, console: Console) -> None:
+    """bench-http.json (with the plot's path), bench-http.md and the plot; the table on the terminal."""
+    from benchmarks.plots import plot_http
+    from benchmarks.report import http_markdown, http_table
+
     json_path = out / "bench-http.json"
-    write_json(json_path, report)
+    write_json(json_path, report, allow_nan=False)
     report["plots"] = [str(plot_http(report, out / "http-load.png"))]
-    write_json(json_path, report)
+    write_json(json_path, report, allow_nan=False)
     (out / "bench-http.md").write_text(http_markdown(report))
     console.print(http_table(report))
     console.print(f"Report: {json_path}, {out / 'bench-http.md'}, plot: {report['plots'][0]}")
-    return report

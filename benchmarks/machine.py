@@ -16,15 +16,16 @@ import platform
 import shutil
 import subprocess
 from dataclasses import asdict, dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from slimserve.versions import installed_versions
 
 CPUINFO = Path("/proc/cpuinfo")
 PROC_STAT = Path("/proc/stat")
 MEMINFO = Path("/proc/meminfo")
 MAX_FREQ = Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
-PACKAGES = ("slimserve", "torch", "torchvision", "onnx", "onnxruntime-gpu", "onnxruntime", "numpy", "bentoml")
+PACKAGES = ("torch", "torchvision", "onnx", "onnxruntime-gpu", "onnxruntime", "numpy", "bentoml")
 PACKAGES += ("locust", "uvicorn", "starlette")
 FLAGS_OF_INTEREST = (
     "avx2",
@@ -142,16 +143,6 @@ def gpus() -> list[str]:
     return [line.strip() for line in out.stdout.splitlines() if line.startswith("GPU ")]
 
 
-def versions() -> dict[str, str]:
-    found = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return found
-
-
 def _mem_total_gib() -> float:
     for line in MEMINFO.read_text().splitlines():
         if line.startswith("MemTotal:"):
@@ -202,7 +193,7 @@ def machine_info(clock_ghz: float | None = None) -> dict[str, Any]:
         "memory_gib": _mem_total_gib(),
         "os": platform.platform(),
         "gpus": gpus(),
-        "versions": versions(),
+        "versions": installed_versions(PACKAGES),
         "peak": peak,
     }
 

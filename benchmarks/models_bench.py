@@ -11,13 +11,14 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from benchmarks.blocks import BlockResult, run_block
 from benchmarks.inputs import load_test_images, save_array
 from benchmarks.machine import machine_info, share_of_peak
 from benchmarks.runtimes import EAGER, ONNXRUNTIME, TORCHSCRIPT
 from benchmarks.selection import pareto_front, recommend
+from benchmarks.worker_process import WorkerResult, run_worker
 from slimserve.allocator import POLICY
 from slimserve.console import cli_console
+from slimserve.documents import write_json
 from slimserve.errors import SlimserveError
 from slimserve.manifest import Manifest, read_manifest
 
@@ -34,7 +35,7 @@ class ModelBenchSettings:
     threads: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))  # every usable core
     warmup: int = 10
     repeats: int = 100
-    max_seconds: float = 20.0  # per batch size and block, after warm-up
+    max_seconds: float = 20.0  # per batch size and measurement, after warm-up
     limit: int | None = None  # re-evaluate accuracy on this many test images instead of the manifest's
     ort_spinning: bool = True
     max_accuracy_drop: float = 0.5  # points, for the recommendation
@@ -50,16 +51,18 @@ class ModelBenchSettings:
 
 
 @dataclass(frozen=True)
-class Block:
+class Measurement:
+    """One variant on one runtime and device, timed at every batch size in one worker process."""
+
     variant: str
     runtime: str
     device: str  # torch device or ONNX Runtime provider
 
 
-def plan(manifest: Manifest, gpu: bool, ort_providers: list[str]) -> tuple[list[Block], list[str]]:
-    """The blocks to run, and notes on what is absent and why (never a silent gap)."""
+def plan(manifest: Manifest, gpu: bool, ort_providers: list[str]) -> tuple[list[Measurement], list[str]]:
+    """The measurements to run, and notes on what is absent and why (never a silent gap)."""
     notes: list[str] = []
-    blocks: list[Block] = []
+    measurements: list[Measurement] = []
     run_dir = manifest.data["parent"].get("run_dir")
     devices = ["cpu", "cuda"] if gpu else ["cpu"]
     providers = ["CPUExecutionProvider"]
@@ -70,7 +73,7 @@ def plan(manifest: Manifest, gpu: bool, ort_providers: list[str]) -> tuple[list[
     if REFERENCE_VARIANT not in manifest.variants:
         notes.append(f"the bundle has no {REFERENCE_VARIANT} variant: no reference, so no speed-ups")
     elif run_dir and Path(run_dir).is_dir():
-        blocks += [Block(REFERENCE_VARIANT, EAGER, device) for device in devices]
+        measurements += [Measurement(REFERENCE_VARIANT, EAGER, device) for device in devices]
     else:
         notes.append(
             f"the reference checkpoint {run_dir!r} is gone, so PyTorch eager rows are absent; "
@@ -79,24 +82,30 @@ def plan(manifest: Manifest, gpu: bool, ort_providers: list[str]) -> tuple[list[
     for name, variant in manifest.variants.items():
         if "torchscript" in variant.files:
             quantized = variant.precision.startswith("int8")
-            blocks += [Block(name, TORCHSCRIPT, d) for d in devices if not (quantized and d == "cuda")]
+            measurements += [
+                Measurement(name, TORCHSCRIPT, d) for d in devices if not (quantized and d == "cuda")
+            ]
             if quantized and gpu:
                 notes.append(
                     f"{name}: quantized TorchScript has CPU kernels only, so it has no torch CUDA rows"
                 )
         if "onnx" in variant.files:
-            blocks += [Block(name, ONNXRUNTIME, provider) for provider in providers]
-    return blocks, notes
+            measurements += [Measurement(name, ONNXRUNTIME, provider) for provider in providers]
+    return measurements, notes
 
 
 def _job(
-    manifest: Manifest, block: Block, settings: ModelBenchSettings, inputs: str, eval_inputs: str | None
+    manifest: Manifest,
+    measurement: Measurement,
+    settings: ModelBenchSettings,
+    inputs: str,
+    eval_inputs: str | None,
 ):
     return {
-        "runtime": block.runtime,
-        "device": block.device,
+        "runtime": measurement.runtime,
+        "device": measurement.device,
         "bundle_dir": str(manifest.bundle_dir),
-        "variant": block.variant,
+        "variant": measurement.variant,
         "run_dir": manifest.data["parent"].get("run_dir"),
         "threads": settings.threads,
         "spinning": settings.ort_spinning,
@@ -110,17 +119,17 @@ def _job(
     }
 
 
-def _file_bytes(manifest: Manifest, block: Block) -> int | None:
-    if block.runtime == EAGER:
+def _file_bytes(manifest: Manifest, measurement: Measurement) -> int | None:
+    if measurement.runtime == EAGER:
         weights = Path(manifest.data["parent"]["run_dir"]) / "model.safetensors"
         return weights.stat().st_size if weights.is_file() else None
-    fmt = "onnx" if block.runtime == ONNXRUNTIME else "torchscript"
-    return manifest.variant(block.variant).files[fmt].bytes
+    fmt = "onnx" if measurement.runtime == ONNXRUNTIME else "torchscript"
+    return manifest.variant(measurement.variant).files[fmt].bytes
 
 
 def _accuracy(
     manifest: Manifest,
-    block: Block,
+    measurement: Measurement,
     predictions: list[int] | None,
     data: "ImageSet | None",
     reference: np.ndarray | None,
@@ -135,11 +144,11 @@ def _accuracy(
         }
     images = manifest.data.get("evaluation", {}).get("images")
     source = f"manifest: measured by export on {images} test images, per format"
-    if block.runtime == EAGER:
+    if measurement.runtime == EAGER:
         accuracy = manifest.data["parent"].get("test_accuracy")
         return {"accuracy": accuracy, "top1_agreement": 1.0, "accuracy_source": source}
-    entry = manifest.variant(block.variant).entry
-    fmt = "onnx" if block.runtime == ONNXRUNTIME else "torchscript"
+    entry = manifest.variant(measurement.variant).entry
+    fmt = "onnx" if measurement.runtime == ONNXRUNTIME else "torchscript"
     return {
         "accuracy": entry.get("accuracy_by_format", {}).get(fmt, entry.get("test_accuracy")),
         "top1_agreement": entry.get("top1_agreement_by_format", {}).get(fmt, entry.get("top1_agreement")),
@@ -154,21 +163,21 @@ def achieved_gops(macs: int | None, images_per_s: float) -> float | None:
 
 def _rows(
     manifest: Manifest,
-    block: Block,
-    result: BlockResult,
+    measurement: Measurement,
+    result: WorkerResult,
     peak: dict[str, Any],
     accuracy: dict[str, Any],
 ) -> list[dict[str, Any]]:
-    variant = manifest.variant(block.variant)
+    variant = manifest.variant(measurement.variant)
     macs = variant.entry.get("macs")
     rows = []
     for batch in result.batches:
         gops = achieved_gops(macs, batch["images_per_s"])
         rows.append(
             {
-                "variant": block.variant,
-                "runtime": block.runtime,
-                "device": result.info.get("device", block.device),
+                "variant": measurement.variant,
+                "runtime": measurement.runtime,
+                "device": result.info.get("device", measurement.device),
                 "precision": variant.precision,
                 **batch,
                 "peak_rss_mb": result.info.get("peak_rss_mb"),
@@ -176,7 +185,7 @@ def _rows(
                 "torch_imported": result.info.get("torch_imported"),
                 "load_s": result.info.get("load_s"),
                 "allocator": result.info.get("allocator"),
-                "file_bytes": _file_bytes(manifest, block),
+                "file_bytes": _file_bytes(manifest, measurement),
                 "macs": macs,
                 "gops": gops,
                 "share_of_peak": None if gops is None else share_of_peak(gops, variant.precision, peak),
@@ -299,29 +308,29 @@ def _progress(console: Console) -> Progress:
 
 def _run_matrix(
     manifest: Manifest,
-    blocks: list[Block],
+    measurements: list[Measurement],
     settings: ModelBenchSettings,
     data: "ImageSet",
     eval_data: "ImageSet | None",
     peak: dict[str, Any],
     console: Console,
 ) -> tuple[list[list[dict[str, Any]]], list[dict[str, str]]]:
-    """Run every block in its own worker, round after round, printing each cell as it lands;
-    a failed block is recorded with its error and the others still run. Returns each
+    """Run every measurement in its own worker, round after round, printing each cell as it lands;
+    a failed measurement is recorded with its error and the others still run. Returns each
     round's rows; accuracy is evaluated in the first round only (it cannot change)."""
     rounds: list[list[dict[str, Any]]] = []
     failures: list[dict[str, str]] = []
     reference: np.ndarray | None = None
-    accuracy: dict[Block, dict[str, Any]] = {}
+    accuracy: dict[Measurement, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="slimserve-bench-") as tmp, _progress(console) as progress:
         inputs = save_array(data.images[: max(settings.batch_sizes)], Path(tmp) / "inputs.npy")
         eval_inputs = None if eval_data is None else save_array(eval_data.images, Path(tmp) / "eval.npy")
-        cells = len(blocks) * len(settings.batch_sizes)
+        cells = len(measurements) * len(settings.batch_sizes)
         task = progress.add_task("benchmarking", total=cells * settings.rounds)
         for round_index in range(settings.rounds):
             rows: list[dict[str, Any]] = []
-            for block in blocks:
-                label = f"{block.variant} / {block.runtime} / {block.device}"
+            for measurement in measurements:
+                label = f"{measurement.variant} / {measurement.runtime} / {measurement.device}"
                 if settings.rounds > 1:
                     label = f"round {round_index + 1}: {label}"
                 progress.update(task, description=label)
@@ -334,19 +343,25 @@ def _run_matrix(
                     )
 
                 first = round_index == 0
-                job = _job(manifest, block, settings, inputs, eval_inputs if first else None)
-                result = run_block(job, on_batch)
+                job = _job(manifest, measurement, settings, inputs, eval_inputs if first else None)
+                result = run_worker(job, on_batch)
                 if result.error:
-                    failures.append({**asdict(block), "round": round_index + 1, "error": result.error})
+                    failures.append({**asdict(measurement), "round": round_index + 1, "error": result.error})
                     progress.console.print(f"  [red]{label}: {result.error}[/red]")
                     continue
-                if block not in accuracy:
+                if measurement not in accuracy:
                     predictions = result.info.get("predictions")
-                    if predictions is not None and reference is None and block.variant == REFERENCE_VARIANT:
+                    if (
+                        predictions is not None
+                        and reference is None
+                        and measurement.variant == REFERENCE_VARIANT
+                    ):
                         # Blocks run eager first, so this is eager fp32, or fp32 TorchScript when eager is gone.
                         reference = np.asarray(predictions)
-                    accuracy[block] = _accuracy(manifest, block, predictions, eval_data, reference)
-                rows += _rows(manifest, block, result, peak, accuracy[block])
+                    accuracy[measurement] = _accuracy(
+                        manifest, measurement, predictions, eval_data, reference
+                    )
+                rows += _rows(manifest, measurement, result, peak, accuracy[measurement])
             rounds.append(rows)
     return rounds, failures
 
@@ -392,7 +407,7 @@ def bench_models(
     import onnxruntime as ort
 
     from benchmarks.plots import plot_accuracy_throughput, plot_latency
-    from benchmarks.report import models_markdown, models_table, write_json
+    from benchmarks.report import models_markdown, models_table
 
     console = console or cli_console()
     if settings.select_batch not in settings.batch_sizes:
@@ -403,14 +418,14 @@ def bench_models(
     manifest = read_manifest(bundle_dir)
     machine = machine_info(settings.clock_ghz)
     gpu = bool(machine["gpus"]) or _torch_gpu()
-    blocks, notes = plan(manifest, gpu, ort.get_available_providers())
+    measurements, notes = plan(manifest, gpu, ort.get_available_providers())
     out.mkdir(parents=True, exist_ok=True)
     max_batch = max(settings.batch_sizes)
     data = load_test_images(manifest, max(max_batch, settings.limit or 0))
     eval_data = None if settings.limit is None else data.head(settings.limit)
-    rounds, failures = _run_matrix(manifest, blocks, settings, data, eval_data, machine["peak"], console)
+    rounds, failures = _run_matrix(manifest, measurements, settings, data, eval_data, machine["peak"], console)
     if not any(rounds):
-        raise SlimserveError(f"every benchmark block failed; first error: {failures[0]['error']}")
+        raise SlimserveError(f"every benchmark measurement failed; first error: {failures[0]['error']}")
     # Every round's ratios, each against the same round's reference; the name is the same.
     reference_names = [_add_ratios(rows) for rows in rounds if rows]
     reference_name = reference_names[0]
@@ -435,13 +450,13 @@ def bench_models(
         "summary": summarize(rows, reference_name, settings),
     }
     json_path = out / "bench-models.json"
-    write_json(json_path, report)
+    write_json(json_path, report, allow_nan=False)
     plots = [
         plot_latency(report, out / "latency-vs-batch.png"),
         plot_accuracy_throughput(report, out / "accuracy-vs-throughput.png"),
     ]
     report["plots"] = [str(p) for p in plots if p is not None]
-    write_json(json_path, report)
+    write_json(json_path, report, allow_nan=False)
     (out / "bench-models.md").write_text(models_markdown(report))
     console.print(models_table(report))
     for note in notes:

@@ -1,4 +1,4 @@
-"""PNG plots for the model benchmark."""
+"""PNG plots for the model and HTTP benchmarks."""
 
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,14 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    """Lay out, write the PNG and free the figure (pyplot keeps every open one alive)."""
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def _label(row: dict[str, Any]) -> str:
@@ -63,10 +71,7 @@ def plot_latency(report: dict[str, Any], path: Path) -> Path:
     fig.suptitle(
         f"{report['bundle']['name']}:{report['bundle']['version']}, {report['settings']['threads']} threads"
     )
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_accuracy_throughput(report: dict[str, Any], path: Path) -> Path | None:
@@ -125,10 +130,7 @@ def plot_accuracy_throughput(report: dict[str, Any], path: Path) -> Path | None:
     ax.set_ylabel("test accuracy %")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_http(report: dict[str, Any], path: Path) -> Path:
@@ -160,7 +162,4 @@ def plot_http(report: dict[str, Any], path: Path) -> Path:
     right.set_ylabel("latency ms")
     right.set_yscale("log")
     fig.suptitle(f"{report['url']} variant {report['variant']}")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)

@@ -23,21 +23,13 @@ from service.errors import RequestError
 from service.preprocess import Preprocessor, decode_image
 from slimserve.manifest import Manifest, read_manifest
 from slimserve.runtime import Runner, RuntimeOptions, open_runner
+from slimserve.topk import top_k
 
 # Bundle dir, variant, backend and threads reach uvicorn's workers through the environment.
 ENV = "SLIMSERVE_REFERENCE"
 MAX_PIXELS = 4096 * 4096  # the service's default bounds
 MAX_BODY_BYTES = 16 * 1024 * 1024
 TOP_K = 5  # the service's default
-
-
-def top_k(logits: np.ndarray, classes: list[str]) -> list[dict[str, object]]:
-    """The same softmax + top-k answer as ``service.http.top_k``, restated because importing
-    service.http would load BentoML into the bare reference."""
-    probabilities = np.exp(logits.astype(np.float64) - logits.max())
-    probabilities /= probabilities.sum()
-    order = np.argsort(-probabilities, kind="stable")[:TOP_K]
-    return [{"index": int(i), "label": classes[i], "probability": float(probabilities[i])} for i in order]
 
 
 def cpu_backend(manifest: Manifest, variant: str, kind: str, threads: int, label: str) -> Runner:
@@ -64,7 +56,7 @@ def create_app() -> Starlette:
         except RequestError as exc:
             return JSONResponse({"error": exc.message}, status_code=exc.status)
         logits = backend.run(batch)
-        return JSONResponse({"variant": variant, "predictions": top_k(logits[0], classes)})
+        return JSONResponse({"variant": variant, "predictions": top_k(logits[0], TOP_K, classes)})
 
     async def ready(_: Request) -> PlainTextResponse:
         return PlainTextResponse("ok")

@@ -1,6 +1,5 @@
-"""JSON, Markdown and terminal tables for the benchmark reports."""
+"""Markdown and terminal tables for the benchmark reports (the JSON goes through slimserve.documents)."""
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -31,11 +30,6 @@ SCALE = {"file_bytes": 1 / 1024, "macs": 1e-6}
 # The terminal gets the columns that decide a deployment; Markdown and JSON get all of them.
 TERMINAL_KEYS = ("variant", "runtime", "device", "batch_size", "p50_ms", "p99_ms", "images_per_s", "speedup")
 TERMINAL_KEYS += ("share_of_peak", "peak_rss_mb", "accuracy")
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Strict JSON (NaN is not JSON): a missing figure is null."""
-    path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 
 def cell(value: Any, fmt: str, key: str = "") -> str:

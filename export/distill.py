@@ -18,8 +18,10 @@ from rich.console import Console
 from rich.table import Table
 
 from slimserve.console import cli_console
+from slimserve.documents import write_json
 from slimserve.errors import SlimserveError
-from training.checkpoint import METADATA_FILE, load_checkpoint, read_metadata, write_json
+from slimserve.naming import default_run_dir
+from training.checkpoint import METADATA_FILE, load_checkpoint, read_metadata
 from training.config import TrainConfig
 from training.distillation import distill_from
 from training.eval_data import evaluation_tensors, run_data
@@ -105,8 +107,7 @@ def distill(
             f"the teacher was trained on {teacher.metadata['dataset']}, the student on {config.dataset}; "
             "drop --dataset so the student uses the teacher's"
         )
-    name = f"{config.model}-{config.dataset.replace('folder:', 'folder-').replace('/', '_').strip('_')}"
-    student_dir = Path(out) if out else Path("runs") / f"{name}-distilled"
+    student_dir = Path(out) if out else default_run_dir(config.model, config.dataset, "distilled")
     twin_dir = Path(twin_out) if twin_out else student_dir.with_name(f"{student_dir.name}-no-teacher")
     distillation = distill_from(teacher, temperature=temperature, alpha=alpha)
     smoothing = teacher.metadata.get("train_config", {}).get("label_smoothing", 0.0)

@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from rich.console import Console
 from rich.markup import escape
@@ -31,6 +30,7 @@ from slimserve.console import cli_console
 from slimserve.errors import SlimserveError
 from slimserve.manifest import SCHEMA_VERSION, Manifest, check_name, read_manifest, write_manifest
 from slimserve.runtime import eager_runner
+from slimserve.versions import installed_versions
 from training.checkpoint import Checkpoint, library_versions, load_checkpoint
 from training.datasets import limit_dataset
 from training.tensors import materialize
@@ -135,6 +135,26 @@ def export_bundle(
     settings = settings or ExportSettings()
     selected = _select(variants, settings.student is not None)
     checkpoint = load_checkpoint(run_dir)  # verifies the weights' sha256, refuses tampering
+    student, teacher = _load_companions(settings, selected, checkpoint)
+    bundle_dir = _new_bundle_dir(Path(out), name, version, checkpoint.metadata)
+    ctx = _measure_parent(run_dir, checkpoint, bundle_dir, settings, limit, console)
+    ctx.student, ctx.teacher = student, teacher
+    entries, failed = _build_variants(ctx, selected)
+    write_manifest(bundle_dir, _manifest_data(ctx, run_dir, limit, entries, failed))
+    manifest = read_manifest(bundle_dir)
+    print_report(manifest, console)
+    if register:
+        from export.registry import register_bundle  # loads BentoML only when registering
+
+        console.print("Registered in the BentoML model store: " + ", ".join(register_bundle(manifest)))
+    return manifest
+
+
+def _load_companions(
+    settings: ExportSettings, selected: list[str], checkpoint: Checkpoint
+) -> tuple[Checkpoint | None, Checkpoint | None]:
+    """The student and the fine-tuning teacher runs, verified and matched against the
+    checkpoint, and the pruning options checked, before anything is written."""
     meta = checkpoint.metadata
     student = None if settings.student is None else load_student(settings.student, meta)
     _check_pruning_options(settings, selected, checkpoint)
@@ -143,12 +163,31 @@ def export_bundle(
         if settings.finetune_teacher is None
         else load_matching(settings.finetune_teacher, meta, "--finetune-teacher")
     )
+    return student, teacher
+
+
+def _new_bundle_dir(out: Path, name: str | None, version: str | None, meta: dict[str, Any]) -> Path:
+    """``out/NAME/VERSION``, refused when it exists: a bundle version is never overwritten."""
     name = check_name("bundle", name) if name else default_bundle_name(meta)
     version = check_name("version", version or new_version())
-    bundle_dir = Path(out) / name / version
+    bundle_dir = out / name / version
     if bundle_dir.exists():
         raise SlimserveError(f"{bundle_dir} already exists; pick another --version or remove it")
+    return bundle_dir
 
+
+def _measure_parent(
+    run_dir: str | Path,
+    checkpoint: Checkpoint,
+    bundle_dir: Path,
+    settings: ExportSettings,
+    limit: int | None,
+    console: Console,
+) -> ExportContext:
+    """Evaluate the fp32 parent on the evaluation set (the reference every variant is
+    measured against) and create the bundle folder; calibration and fine-tuning images
+    load on first use, since only some variants need them."""
+    meta = checkpoint.metadata
     data = checkpoint_data(checkpoint)
     eval_set = image_set(data, checkpoint, "test", limit, settings.seed)
     with quiet_torch_deprecations():
@@ -167,7 +206,7 @@ def export_bundle(
     train_set = functools.cache(
         lambda: materialize(limit_dataset(data.train, limit, settings.seed), checkpoint.spec, "train images")
     )
-    ctx = ExportContext(
+    return ExportContext(
         parent=checkpoint.model,
         parent_metadata=meta,
         spec=checkpoint.spec,
@@ -180,19 +219,25 @@ def export_bundle(
         bundle_dir=bundle_dir,
         fp32_accuracy=fp32_accuracy,
         fp32_predictions=fp32_logits.argmax(1),
-        student=student,
-        teacher=teacher,
     )
+
+
+def _build_variants(
+    ctx: ExportContext, selected: list[str]
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Build each selected variant in order; one that fails is recorded with its reason and
+    its folder removed, and the others are still built. Refuses when none could be."""
+    console = ctx.console
     entries: dict[str, dict[str, Any]] = {}
     failed: dict[str, dict[str, Any]] = {}
-    torch.manual_seed(settings.seed)
+    torch.manual_seed(ctx.settings.seed)
     for variant in selected:
         console.print(f"  {variant}: building…")
         try:
             entries[variant] = BUILDERS[variant](ctx)
         except Exception as exc:  # one variant's failure must not stop the others
-            failed[variant] = describe_failure(variant, exc, checkpoint.model)
-            shutil.rmtree(bundle_dir / variant, ignore_errors=True)
+            failed[variant] = describe_failure(variant, exc, ctx.parent)
+            shutil.rmtree(ctx.bundle_dir / variant, ignore_errors=True)
         if variant in entries:
             console.print(f"  {variant}: ok")
         else:
@@ -200,56 +245,47 @@ def export_bundle(
     if not entries:
         reasons = "; ".join(entry["reason"] for entry in failed.values())
         raise SlimserveError(f"no variant could be exported: {reasons}")
+    return entries, failed
 
-    manifest_data = {
+
+# Beside training's torch and torchvision (with their build tags): what else shapes an artifact.
+EXPORT_PACKAGES = ("onnx", "onnxruntime-gpu", "onnxruntime", "torch-pruning", "bentoml", "numpy")
+
+
+def _manifest_data(
+    ctx: ExportContext,
+    run_dir: str | Path,
+    limit: int | None,
+    entries: dict[str, dict[str, Any]],
+    failed: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    meta = ctx.parent_metadata
+    return {
         "schema_version": SCHEMA_VERSION,
         "kind": "slimserve.bundle",
-        "name": name,
-        "version": version,
+        "name": ctx.bundle_dir.parent.name,
+        "version": ctx.bundle_dir.name,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "parent": {
             "run_dir": str(Path(run_dir).resolve()),
             "weights_sha256": meta["weights_sha256"],
             "arch": meta["arch"],
             "arch_kwargs": meta["arch_kwargs"],
-            "test_accuracy": fp32_accuracy,
+            "test_accuracy": ctx.fp32_accuracy,
             "checkpoint_test_accuracy": meta.get("metrics", {}).get("test_accuracy"),
         },
         "dataset": meta["dataset"],
-        "evaluation": {"split": "test", "images": len(eval_set), "limit": limit, "seed": settings.seed},
+        "evaluation": {
+            "split": "test",
+            "images": len(ctx.eval_set),
+            "limit": limit,
+            "seed": ctx.settings.seed,
+        },
         "classes": list(meta["classes"]),
         "preprocess": meta["preprocess"],
-        "versions": {**library_versions(), **_export_versions()},
+        "versions": {**installed_versions(EXPORT_PACKAGES), **library_versions()},
         "default_variant": default_variant(entries),
-        "settings": settings.to_dict(),
+        "settings": ctx.settings.to_dict(),
         "variants": entries,
         "failed": failed,
-    }
-    write_manifest(bundle_dir, manifest_data)
-    manifest = read_manifest(bundle_dir)
-    print_report(manifest, console)
-    if register:
-        tags = register_variants(manifest)
-        console.print("Registered in the BentoML model store: " + ", ".join(tags))
-    return manifest
-
-
-def register_variants(manifest: Manifest) -> list[str]:
-    from export.registry import register_bundle
-
-    return register_bundle(manifest)
-
-
-def _export_versions() -> dict[str, str]:
-    import bentoml
-    import onnx
-    import onnxruntime
-    import torch_pruning
-
-    return {
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "torch_pruning": torch_pruning.__version__,
-        "bentoml": bentoml.__version__,
-        "numpy": np.__version__,
     }

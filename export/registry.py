@@ -14,12 +14,7 @@ import bentoml
 
 from slimserve.errors import SlimserveError
 from slimserve.manifest import MANIFEST_FILE, Manifest
-
-BUNDLE_LABEL = "bundle"
-
-
-def model_name(bundle: str, variant: str) -> str:
-    return f"{bundle}-{variant}"
+from slimserve.store_names import model_name, store_labels
 
 
 def _metadata_safe(value: Any) -> Any:
@@ -66,7 +61,7 @@ def register_bundle(manifest: Manifest) -> list[str]:
             )
         with bentoml.models.create(
             tag,
-            labels={BUNDLE_LABEL: manifest.name, "variant": variant_name, "slimserve": "bundle"},
+            labels=store_labels(manifest.name, variant_name),
             metadata=variant_metadata(manifest, variant_name),
         ) as model:
             target = Path(model.path)

@@ -23,25 +23,40 @@ FINETUNE_TEMPERATURE = 4.0
 FINETUNE_ALPHA = 0.9
 
 
+def _float_variant(
+    ctx: ExportContext,
+    name: str,
+    model: nn.Module,
+    *,
+    description: str,
+    macs: int,
+    params: int,
+    **details: Any,
+) -> dict[str, Any]:
+    """Export a float model in every format, check and measure it (``finish_variant``), and
+    keep the model and its accuracy for the INT8 variant quantized from it."""
+    artifacts, skipped = export_float(ctx, name, model)
+    entry = finish_variant(
+        ctx, name, artifacts, skipped_formats=skipped, description=description, precision="fp32", sparsity=0.0,
+        params=params, macs=macs, **details,
+    )  # fmt: skip
+    ctx.float_models[name] = model
+    ctx.float_accuracies[name] = entry["test_accuracy"]
+    return entry
+
+
 def build_fp32(ctx: ExportContext) -> dict[str, Any]:
     macs, params = macs_and_params(ctx.parent, ctx.spec)
-    artifacts, skipped = export_float(ctx, "fp32", ctx.parent)
-    entry = finish_variant(
+    return _float_variant(
         ctx,
         "fp32",
-        artifacts,
-        skipped_formats=skipped,
-        description="the trained checkpoint, unchanged",
-        precision="fp32",
-        sparsity=0.0,
-        params=params,
+        ctx.parent,
         macs=macs,
+        params=params,
+        description="the trained checkpoint, unchanged",
         export_settings={"onnx_opset": ONNX_OPSET, "torchscript": "trace + freeze", "pt2": PT2_SETTINGS},
         notes="reference for every other variant",
     )
-    ctx.float_models["fp32"] = ctx.parent
-    ctx.float_accuracies["fp32"] = entry["test_accuracy"]
-    return entry
 
 
 def build_int8(ctx: ExportContext) -> dict[str, Any]:
@@ -99,18 +114,14 @@ def build_pruned(ctx: ExportContext) -> dict[str, Any]:
     how = "by distillation" if finetune.get("loss") == "distillation" else "on the labels"
     epochs = finetune["epochs"]
     tuned = f"fine-tuned {epochs} epoch{'s' * (epochs != 1)} {how}" if epochs else "not fine-tuned"
-    artifacts, skipped = export_float(ctx, "pruned", model)
-    entry = finish_variant(
+    return _float_variant(
         ctx,
         "pruned",
-        artifacts,
-        skipped_formats=skipped,
+        model,
+        macs=macs,
+        params=params,
         description=f"structured pruning: {_pruning_summary(depth_info, channel_info)} "
         f"({mac_reduction:.0%} of MACs removed), {tuned}",
-        precision="fp32",
-        sparsity=0.0,
-        params=params,
-        macs=macs,
         export_settings={
             "depth_pruning": depth_info,
             "pruning": channel_info,
@@ -122,9 +133,6 @@ def build_pruned(ctx: ExportContext) -> dict[str, Any]:
         notes=f"{mac_reduction:.0%} fewer MACs and {param_reduction:.0%} fewer parameters than fp32 "
         f"(whole blocks or channels removed: dense kernels do less work); {tuned}",
     )
-    ctx.float_models["pruned"] = model
-    ctx.float_accuracies["pruned"] = entry["test_accuracy"]
-    return entry
 
 
 def build_pruned_int8(ctx: ExportContext) -> dict[str, Any]:
@@ -139,18 +147,14 @@ def build_distilled(ctx: ExportContext) -> dict[str, Any]:
     macs, params = macs_and_params(student.model, ctx.spec)
     parent_macs, _ = macs_and_params(ctx.parent, ctx.spec)
     kd = meta["distillation"]
-    artifacts, skipped = export_float(ctx, "distilled", student.model)
-    entry = finish_variant(
+    return _float_variant(
         ctx,
         "distilled",
-        artifacts,
-        skipped_formats=skipped,
+        student.model,
+        macs=macs,
+        params=params,
         description=f"{meta['arch']} student distilled from a {kd['teacher_arch']} teacher, "
         f"{macs / parent_macs:.0%} of fp32's MACs",
-        precision="fp32",
-        sparsity=0.0,
-        params=params,
-        macs=macs,
         export_settings={
             "student": {
                 "run_dir": str(Path(ctx.settings.student).resolve()),
@@ -167,9 +171,6 @@ def build_distilled(ctx: ExportContext) -> dict[str, Any]:
         notes=f"a separate network ({meta['arch']}), trained with soft targets from the teacher at "
         f"{kd['teacher_run_dir']}; same dataset, classes and preprocessing as this bundle",
     )
-    ctx.float_models["distilled"] = student.model
-    ctx.float_accuracies["distilled"] = entry["test_accuracy"]
-    return entry
 
 
 def build_distilled_int8(ctx: ExportContext) -> dict[str, Any]:

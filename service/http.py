@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import bentoml
-import numpy as np
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -28,6 +27,7 @@ from service.config import ServeConfig
 from service.errors import RequestError
 from service.limits import BodyAborted, BodyLimitMiddleware, clip, json_messages, parse_json
 from service.metrics import predictions, request_seconds
+from slimserve.topk import top_k
 
 logger = logging.getLogger("slimserve.service")
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/bmp", "image/x-ms-bmp", "image/gif")
@@ -135,15 +135,6 @@ def parse_top_k(value: Any, default: int) -> int:
     if k < 1:
         raise RequestError(400, f"top_k must be at least 1, got {clip(k)}")
     return k
-
-
-def top_k(logits: np.ndarray, k: int, classes: list[str]) -> list[dict[str, Any]]:
-    """Softmax over one row of logits; the k most probable classes, best first (k capped at the class count)."""
-    shifted = logits.astype(np.float64) - logits.max()
-    probabilities = np.exp(shifted)
-    probabilities /= probabilities.sum()
-    order = np.argsort(-probabilities, kind="stable")[:k]
-    return [{"index": int(i), "label": classes[i], "probability": float(probabilities[i])} for i in order]
 
 
 Handler = Callable[[Any, Request], Awaitable[JSONResponse]]

@@ -10,8 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from rich.table import Table
 from service.config import ServeConfig
 from slimserve.console import cli_console
 from slimserve.errors import SlimserveError
+from slimserve.local_server import wait_ready
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVICE_TARGET = "service.service:Slimserve"
@@ -49,22 +48,6 @@ def server_env(config: ServeConfig) -> dict[str, str]:
     env = {**os.environ, **config.to_env()}
     env.setdefault("BENTOML_DO_NOT_TRACK", "true")
     return env
-
-
-def wait_ready(process: subprocess.Popen, url: str, timeout: float) -> float:
-    """Seconds until ``/readyz`` answers 200; raises if the server exits or times out."""
-    start = time.perf_counter()
-    while time.perf_counter() - start < timeout:
-        if process.poll() is not None:
-            raise SlimserveError(f"the server exited with code {process.returncode} before becoming ready")
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=1) as response:
-                if response.status == 200:
-                    return time.perf_counter() - start
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.1)
-    raise SlimserveError(f"the server was not ready after {timeout:.0f} s; see its log above")
 
 
 def _short(provider: str) -> str:
@@ -112,7 +95,10 @@ def serve(config: ServeConfig, host: str = "0.0.0.0", ready_timeout: float = 120
     url = f"http://{'localhost' if host in ('0.0.0.0', '::') else host}:{config.port}"
     process = subprocess.Popen(server_command(config, host), env=server_env(config))
     try:
-        cold_start = wait_ready(process, url, ready_timeout)
+        try:
+            cold_start = wait_ready(url, process, ready_timeout)
+        except SlimserveError as exc:
+            raise SlimserveError(f"{exc}; see its log above") from None
         with urllib.request.urlopen(f"{url}/models", timeout=5) as response:
             models = json.load(response)
         print_banner(console, url, models, cold_start)

@@ -1,8 +1,8 @@
 """Finding a bundle's variants in the BentoML model store and loading them, verified.
 
-Export registers each variant as ``NAME-VARIANT:VERSION`` labelled ``slimserve=bundle``;
-the service picks one bundle version and loads every requested variant of it. Model
-tags come from the store and the config, never from request data.
+Export registers each variant as ``NAME-VARIANT:VERSION`` with the labels of
+``slimserve.store_names``; the service picks one bundle version and loads every requested
+variant of it. Model tags come from the store and the config, never from request data.
 """
 
 import io
@@ -20,13 +20,14 @@ from service.preprocess import Preprocessor, open_image
 from slimserve.errors import SlimserveError
 from slimserve.manifest import Manifest, read_manifest
 from slimserve.runtime import Runner, RuntimeOptions, open_runner
+from slimserve.store_names import BUNDLE_LABEL, VARIANT_LABEL, is_bundle_model
 
 logger = logging.getLogger("slimserve.service")
 WARMUP_RUNS = 3
 
 
 def bundle_models() -> list[bentoml.Model]:
-    return [m for m in bentoml.models.list() if m.info.labels.get("slimserve") == "bundle"]
+    return [m for m in bentoml.models.list() if is_bundle_model(m.info.labels)]
 
 
 def resolve_tags(config: ServeConfig) -> dict[str, str]:
@@ -37,7 +38,7 @@ def resolve_tags(config: ServeConfig) -> dict[str, str]:
             f"no slimserve bundle in the BentoML model store under {_store_home()}; "
             "create one with: slimserve export RUN_DIR"
         )
-    bundles = sorted({m.info.labels["bundle"] for m in models})
+    bundles = sorted({m.info.labels[BUNDLE_LABEL] for m in models})
     bundle = config.bundle
     if not bundle:
         if len(bundles) > 1:
@@ -48,7 +49,7 @@ def resolve_tags(config: ServeConfig) -> dict[str, str]:
         bundle = bundles[0]
     elif bundle not in bundles:
         raise SlimserveError(f"no bundle {bundle!r} in the model store; it has {', '.join(bundles)}")
-    mine = [m for m in models if m.info.labels["bundle"] == bundle]
+    mine = [m for m in models if m.info.labels[BUNDLE_LABEL] == bundle]
     versions = {m.tag.version for m in mine}
     if config.version == "latest":
         version = max(mine, key=lambda m: m.info.creation_time).tag.version
@@ -58,7 +59,7 @@ def resolve_tags(config: ServeConfig) -> dict[str, str]:
         raise SlimserveError(
             f"bundle {bundle} has no version {config.version!r}; it has {', '.join(sorted(versions))}"
         )
-    found = {m.info.labels["variant"]: str(m.tag) for m in mine if m.tag.version == version}
+    found = {m.info.labels[VARIANT_LABEL]: str(m.tag) for m in mine if m.tag.version == version}
     wanted = config.variant_list or sorted(found)
     unknown = [v for v in wanted if v not in found]
     if unknown:

@@ -10,6 +10,7 @@ from pathlib import Path
 from rich.rule import Rule
 
 from slimserve.console import cli_console
+from slimserve.samples import write_pngs
 
 BUNDLE = "cnn-fashion-mnist-demo"
 SAMPLES = 8
@@ -20,17 +21,9 @@ def _write_samples(run_dir: Path, out: Path) -> list[Path]:
     from training.checkpoint import read_metadata
     from training.datasets import load_data
 
-    metadata = read_metadata(run_dir)
-    data = load_data(metadata["dataset"])
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for index in range(SAMPLES):
-        image, label = data.test[index]
-        slug = data.classes[label].lower().replace("/", "-").replace(" ", "-")
-        path = out / f"{index}-{slug}.png"
-        image.save(path)
-        paths.append(path)
-    return paths
+    data = load_data(read_metadata(run_dir)["dataset"])
+    samples = (data.test[index] for index in range(SAMPLES))
+    return write_pngs(((image, data.classes[label]) for image, label in samples), out)
 
 
 def run_demo(workdir: Path, *, limit: int | None = None, serve: bool = True, port: int = 3000) -> None:

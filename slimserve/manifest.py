@@ -13,13 +13,12 @@ nothing else. Each variant is registered in BentoML's model store as
 ``NAME-VARIANT:VERSION`` (see ``export.registry``). Torch-free: the service imports it.
 """
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slimserve.documents import check_document, parse_json_file
+from slimserve.documents import check_document, parse_json_file, write_json
 from slimserve.errors import SlimserveError
 from slimserve.hashing import verify_sha256
 from slimserve.spec import PreprocessSpec
@@ -84,11 +83,6 @@ class Variant:
     @property
     def precision(self) -> str:
         return str(self.entry["precision"])
-
-    @property
-    def test_accuracy(self) -> float | None:
-        value = self.entry.get("test_accuracy")
-        return None if value is None else float(value)
 
 
 @dataclass(frozen=True)
@@ -178,9 +172,7 @@ def read_manifest(bundle_dir: str | Path) -> Manifest:
 
 def write_manifest(bundle_dir: Path, data: dict[str, Any]) -> Path:
     """Validate and write; the writer and the reader share one definition of valid."""
-    validate_manifest(data, str(bundle_dir / MANIFEST_FILE))
     path = bundle_dir / MANIFEST_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+    validate_manifest(data, str(path))
+    write_json(path, data)
     return path

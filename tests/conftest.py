@@ -8,7 +8,6 @@ fix, they do not skip.
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from slimserve.local_server import free_port
 from training.datasets import fashion_mnist_source_dir
 
 
@@ -67,12 +67,6 @@ def tiny_mlp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_resnet_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _train_tiny(tmp_path_factory.mktemp("runs") / "resnet", "resnet", 2000, 1, depth=8, width=8)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager

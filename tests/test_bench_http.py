@@ -1,7 +1,6 @@
 """`slimserve bench http` against a real `slimserve serve` on loopback, with a small bounded load."""
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -11,15 +10,10 @@ from rich.console import Console
 from benchmarks.http_bench import check_loopback, summarize_run
 from slimserve.cli import main
 from slimserve.errors import SlimserveError
+from slimserve.local_server import free_port
 
 BUNDLE = "benchcnn"
 REQUESTS = 40
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +81,7 @@ def test_only_loopback_targets_are_accepted():
 def test_bench_http_cli_errors_are_one_line(capsys: pytest.CaptureFixture, tmp_path: Path):
     assert main(["bench", "http", "http://192.0.2.1:3000", "--out", str(tmp_path)]) == 1
     assert "only loopback targets" in capsys.readouterr().err
-    assert main(["bench", "http", f"http://127.0.0.1:{_free_port()}", "--out", str(tmp_path)]) == 1
+    assert main(["bench", "http", f"http://127.0.0.1:{free_port()}", "--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "is the service running?" in err and "Traceback" not in err
 

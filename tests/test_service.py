@@ -36,6 +36,7 @@ from slimserve.manifest import read_manifest, write_manifest
 from slimserve.runtime import RuntimeOptions, open_runner
 from slimserve.runtime.providers import CPU, CUDA, TENSORRT, nvidia_gpu_visible, requested_providers
 from slimserve.runtime.torch_runners import TorchScriptRunner
+from slimserve.samples import write_pngs
 from training.checkpoint import load_checkpoint
 from training.datasets import load_data
 from training.transforms import eval_transform
@@ -283,11 +284,8 @@ def test_metrics_include_per_variant_counters_and_latency(server, sample_png):
 @pytest.mark.slow
 def test_served_predictions_equal_in_process_pytorch_on_100_pngs(server, fashion, tiny_cnn_run, tmp_path):
     """100 real test images as PNG files, sent concurrently so adaptive batching forms real batches."""
-    paths = []
-    for index in range(100):
-        path = tmp_path / f"{index}.png"
-        fashion.test[index][0].save(path)
-        paths.append(path)
+    samples = (fashion.test[index] for index in range(100))
+    paths = write_pngs(((image, fashion.classes[label]) for image, label in samples), tmp_path)
     checkpoint = load_checkpoint(tiny_cnn_run)
     transform = eval_transform(checkpoint.spec)
     with torch.inference_mode():

@@ -7,12 +7,8 @@ strictly. Files are written to a temporary name and moved into place, so a crash
 leaves a half-written checkpoint behind (timm's ``CheckpointSaver`` does the same).
 """
 
-import json
-import os
 import platform
 import subprocess
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +20,7 @@ import torchvision
 from torch import nn
 
 import slimserve
-from slimserve.documents import check_document, parse_json_file
+from slimserve.documents import atomic_write, check_document, parse_json_file, write_json
 from slimserve.errors import SlimserveError
 from slimserve.hashing import sha256_file, verify_sha256
 from slimserve.spec import PreprocessSpec
@@ -85,26 +81,6 @@ def git_commit() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return result.stdout.strip() or None
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` then rename over ``path``: readers see the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; artifacts are meant to be shared
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
 
 
 def save_checkpoint(run_dir: Path, model: nn.Module, metadata: dict[str, Any]) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from torch import nn
 
 from slimserve.console import cli_console
 from slimserve.errors import SlimserveError
+from slimserve.naming import default_run_dir
 from slimserve.spec import PreprocessSpec
 from training.checkpoint import METADATA_FILE, atomic_write, save_checkpoint
 from training.config import TrainConfig
@@ -72,8 +73,7 @@ def resolve_amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
 
 
 def _default_run_dir(config: TrainConfig) -> Path:
-    dataset = config.dataset.replace("folder:", "folder-").replace("/", "_").strip("_")
-    return Path("runs") / f"{config.model}-{dataset}"
+    return default_run_dir(config.model, config.dataset)
 
 
 def _prepare(config: TrainConfig, data: LoadedData) -> tuple[ImageTensors, ImageTensors]:

@@ -1,4 +1,5 @@
-"""Running benchmark blocks in worker processes and collecting their events."""
+"""Running one benchmark job (one variant on one runtime and device, every batch size) in a
+fresh ``benchmarks.worker`` process, bounded by a watchdog, and collecting its events."""
 
 import json
 import os
@@ -18,8 +19,8 @@ LOAD_MARGIN_S = 180.0  # importing torch and loading a model on a busy 2-core ma
 
 
 @dataclass
-class BlockResult:
-    """What one worker reported; ``error`` is set when the block failed."""
+class WorkerResult:
+    """What one worker reported; ``error`` is set when its job failed."""
 
     job: dict[str, Any]
     batches: list[dict[str, Any]] = field(default_factory=list)
@@ -35,9 +36,9 @@ def worker_env(threads: int) -> dict[str, str]:
     return env
 
 
-def run_block(job: dict[str, Any], on_batch: Callable[[dict[str, Any]], None]) -> BlockResult:
+def run_worker(job: dict[str, Any], on_batch: Callable[[dict[str, Any]], None]) -> WorkerResult:
     """Run one worker to completion (bounded by a timeout derived from the job's own bounds)."""
-    result = BlockResult(job=job)
+    result = WorkerResult(job=job)
     timeout = LOAD_MARGIN_S + len(job["batch_sizes"]) * (float(job["max_seconds"]) * 2 + 30)
     with tempfile.TemporaryDirectory(prefix="slimserve-bench-") as tmp:
         job_file = Path(tmp) / "job.json"
@@ -68,7 +69,7 @@ def run_block(job: dict[str, Any], on_batch: Callable[[dict[str, Any]], None]) -
 
 
 def _read_events(
-    process: subprocess.Popen, result: BlockResult, on_batch: Callable[[dict[str, Any]], None]
+    process: subprocess.Popen, result: WorkerResult, on_batch: Callable[[dict[str, Any]], None]
 ) -> None:
     assert process.stdout is not None
     for line in process.stdout:
