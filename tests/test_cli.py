@@ -8,7 +8,7 @@ import pytest
 
 def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "slimserve.cli", *args], capture_output=True, text=True, timeout=300, cwd=cwd
+        [sys.executable, "-m", "commands.main", *args], capture_output=True, text=True, timeout=300, cwd=cwd
     )
 
 
