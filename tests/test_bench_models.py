@@ -88,6 +88,7 @@ def test_bench_models_writes_complete_sane_report(tiny_bundle: Path, tmp_path: P
     assert summary["best_int8_share_of_peak"] is None  # the tiny bundle has no INT8 variant
     markdown = (tmp_path / "bench-models.md").read_text()
     assert "Recommendation (batch 4)" in markdown
+    assert f"({report['machine']['vector_isa']})" in markdown.splitlines()[2]  # the Machine line
     assert "no GPU present" in markdown or report["machine"]["gpus"]
     for plot in report["plots"]:
         assert Path(plot).read_bytes().startswith(b"\x89PNG")
