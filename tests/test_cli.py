@@ -137,6 +137,9 @@ def test_demo_budget_never_overruns_above_the_floor():
 
 def test_demo_budget_with_fewer_images_than_the_floor():
     assert fit_budget(10.0, budget_s=1.0, epochs=4, available=600) == Plan(1, None, 60.0)
+    # 1.14 epochs' worth: one whole epoch, not two floor-sized ones that overrun.
+    assert fit_budget(76.0, budget_s=30.0, epochs=3, available=2000) == Plan(1, None, 2000 / 76.0)
+    assert fit_budget(100.0, budget_s=150.0, epochs=4, available=12_000) == Plan(1, None, 120.0)
 
 
 @pytest.mark.parametrize(
