@@ -147,7 +147,8 @@ def run_demo(settings: DemoSettings) -> None:
     defaults = ExportSettings()
     finetune = fit_budget(images_per_s, settings.finetune_budget_s, defaults.finetune_epochs, available)
     console.print(
-        f"Measured {images_per_s:,.0f} training images/s here; the {RECIPE} recipe's {recipe_epochs} x "
+        f"Measured {images_per_s:,.0f} images/s here (a short epoch of this training with its evaluation, "
+        f"so an upper bound on the time); the {RECIPE} recipe's {recipe_epochs} x "
         f"{available:,} images would take ~{recipe_epochs * available / images_per_s:.0f} s. Within "
         f"--train-budget-s {settings.train_budget_s:g}: {training.describe(available)}; within "
         f"--finetune-budget-s {settings.finetune_budget_s:g}, pruned fine-tuning: {finetune.describe(available)}."
