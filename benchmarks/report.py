@@ -192,7 +192,10 @@ def _http_rows(report: dict[str, Any]) -> list[list[str]]:
 
 
 def http_table(report: dict[str, Any]) -> Table:
-    table = Table(title=f"{report['url']} variant {report['variant']} ({report['bundle']['tag']})")
+    table = Table(
+        title=f"{report['url']} variant {report['variant']} ({report['bundle']['tag']}) "
+        f"on {cpu_words(report['machine'])}"
+    )
     for header, _, _ in HTTP_COLUMNS:
         table.add_column(header, justify="left" if header == "target" else "right")
     for row in _http_rows(report):
