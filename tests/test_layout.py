@@ -1,6 +1,8 @@
 """The package layout the README describes: the shared contracts import no stage above them."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -63,3 +65,16 @@ def test_the_import_checks_see_what_they_claim(tmp_path: Path):
 def test_the_composition_root_lives_outside_slimserve():
     assert not (ROOT / "slimserve" / "cli.py").exists() and not (ROOT / "slimserve" / "demo.py").exists()
     assert {"training", "export", "service", "benchmarks"} <= imported_packages(ROOT / "commands" / "demo.py")
+
+
+def test_every_command_s_help_is_built_without_torch_or_numpy():
+    """Settings dataclasses live in torch-free modules, so generating the parsers stays instant."""
+    code = (
+        "import sys; from commands.main import build_parser; build_parser(); "
+        "print(sorted(m for m in ('torch', 'numpy', 'onnxruntime', 'bentoml') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

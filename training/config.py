@@ -36,6 +36,7 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     for model, by_recipe in _EPOCHS.items()
 }
 
+RECIPE_NAMES = ("full", "fast")
 OPTIMIZERS = ("sgd", "adamw")
 DEVICES = ("auto", "cpu", "cuda")
 AMP_MODES = ("auto", "on", "off")
@@ -55,7 +56,7 @@ class TrainConfig:
     recipe: str = option(
         "full",
         help="per-model defaults: 'full' reaches the documented accuracy, 'fast' is a quick run",
-        choices=("full", "fast"),
+        choices=RECIPE_NAMES,
     )
     # The recipe fields: unset on the command line means "the recipe's value for --model".
     epochs: int = option(
@@ -104,7 +105,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         checks = [
             (self.model in RECIPES, f"unknown model {self.model!r}; choose from {', '.join(RECIPES)}"),
-            (self.recipe in ("full", "fast"), f"unknown recipe {self.recipe!r}; choose full or fast"),
+            (self.recipe in RECIPE_NAMES, f"unknown recipe {self.recipe!r}; choose full or fast"),
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
             (self.lr > 0, f"--lr must be positive, got {self.lr}"),
