@@ -16,7 +16,7 @@ import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from benchmarks.machine import machine_info
+from benchmarks.settings import HttpBenchSettings  # re-exported for callers
 from benchmarks.stats import percentiles
 from slimserve.console import cli_console
 from slimserve.documents import write_json
@@ -36,21 +37,6 @@ from slimserve.samples import write_pngs
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 READY_TIMEOUT_S = 120.0
-
-
-@dataclass(frozen=True)
-class HttpBenchSettings:
-    concurrency: tuple[int, ...] = (1, 8, 32, 64)
-    duration_s: float = 20.0  # per target and concurrency
-    requests: int = 3000  # per target and concurrency, whichever bound comes first
-    images_dir: Path | None = None
-    image_count: int = 64
-    variant: str | None = None  # default: the service's default variant
-    adaptive_path: str = "/predict"
-    unbatched_path: str = "/predict/unbatched"
-    reference: bool = True
-    bundle_dir: Path | None = None  # default: the variant's folder in the BentoML model store
-    in_process_repeats: int = 300
 
 
 def check_loopback(url: str) -> str:

@@ -28,6 +28,7 @@ MAX_FREQ = Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
 PACKAGES = ("torch", "torchvision", "onnx", "onnxruntime-gpu", "onnxruntime", "numpy", "bentoml")
 PACKAGES += ("locust", "uvicorn", "starlette")
 FLAGS_OF_INTEREST = (
+    "avx",
     "avx2",
     "fma",
     "avx512f",
@@ -36,6 +37,13 @@ FLAGS_OF_INTEREST = (
     "avx_vnni",
     "amx_int8",
     "amx_bf16",
+    "amx_tile",
+    # Arm (/proc/cpuinfo "Features"): NEON, its int8 dot product and matrix multiply, bf16, SVE.
+    "asimd",
+    "asimddp",
+    "i8mm",
+    "bf16",
+    "sve",
 )
 
 
@@ -98,6 +106,33 @@ def _cpuinfo_blocks() -> list[dict[str, str]]:
     return blocks
 
 
+def vector_isa(flags: set[str]) -> str:
+    """The vector instruction sets that decide which kernels run, in words: ``AVX-512 + VNNI +
+    BF16``, ``AVX2 + AVX-VNNI``, ``NEON + DOTPROD``. bf16 training (``--amp auto``) needs BF16 or
+    AMX; fast INT8 needs VNNI, AMX or DOTPROD/I8MM, so a figure says which it had."""
+    if "asimd" in flags:
+        base, extras = "NEON", [("asimddp", "DOTPROD"), ("i8mm", "I8MM"), ("bf16", "BF16"), ("sve", "SVE")]
+        return " + ".join([base] + [name for flag, name in extras if flag in flags])
+    if "avx512f" in flags:
+        base = "AVX-512"
+    elif "avx2" in flags:
+        base = "AVX2"
+    elif "avx" in flags:
+        base = "AVX"
+    else:
+        return "no AVX"
+    parts = [base]
+    if "avx512_vnni" in flags:
+        parts.append("VNNI")
+    elif "avx_vnni" in flags:
+        parts.append("AVX-VNNI")
+    if "avx512_bf16" in flags:
+        parts.append("BF16")
+    if flags & {"amx_tile", "amx_int8", "amx_bf16"}:
+        parts.append("AMX")
+    return " + ".join(parts)
+
+
 def physical_cores(blocks: list[dict[str, str]], allowed: set[int]) -> int:
     """Cores this process may run on, counting SMT siblings once (SMT shares the FMA units)."""
     cores = {
@@ -158,7 +193,7 @@ def machine_info(clock_ghz: float | None = None) -> dict[str, Any]:
     """
     blocks = _cpuinfo_blocks()
     first = blocks[0]
-    flags = set(first.get("flags", "").split())
+    flags = set((first.get("flags") or first.get("Features", "")).split())  # x86 | Arm
     allowed = os.sched_getaffinity(0)
     cores = physical_cores(blocks, allowed)
     hz, clock_source = (
@@ -189,6 +224,7 @@ def machine_info(clock_ghz: float | None = None) -> dict[str, Any]:
         "logical_cpus": os.cpu_count(),
         "usable_cpus": len(allowed),
         "physical_cores": cores,
+        "vector_isa": vector_isa(flags),
         "flags": sorted(flags & set(FLAGS_OF_INTEREST)),
         "memory_gib": _mem_total_gib(),
         "os": platform.platform(),

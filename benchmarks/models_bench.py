@@ -1,8 +1,7 @@
 """`slimserve bench models`: every variant x runtime x batch size, in-process, one report."""
 
-import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,6 +14,7 @@ from benchmarks.inputs import load_test_images, save_array
 from benchmarks.machine import machine_info, share_of_peak
 from benchmarks.runtimes import EAGER, ONNXRUNTIME, TORCHSCRIPT
 from benchmarks.selection import pareto_front, recommend
+from benchmarks.settings import ModelBenchSettings  # re-exported for callers
 from benchmarks.worker_process import WorkerResult, run_worker
 from slimserve.allocator import POLICY
 from slimserve.console import cli_console
@@ -27,27 +27,6 @@ if TYPE_CHECKING:
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 REFERENCE_VARIANT = "fp32"
-
-
-@dataclass(frozen=True)
-class ModelBenchSettings:
-    batch_sizes: tuple[int, ...] = (1, 8, 32, 64, 128)
-    threads: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))  # every usable core
-    warmup: int = 10
-    repeats: int = 100
-    max_seconds: float = 20.0  # per batch size and measurement, after warm-up
-    limit: int | None = None  # re-evaluate accuracy on this many test images instead of the manifest's
-    ort_spinning: bool = True
-    max_accuracy_drop: float = 0.5  # points, for the recommendation
-    select_batch: int = 64  # the batch size the recommendation and the accuracy plot use
-    clock_ghz: float | None = None  # the real clock where /proc/cpuinfo only shows the nominal one
-    # "retain": every worker keeps freed memory (slimserve.allocator); "default": the C
-    # library's own policy, which page-faults PyTorch's activations back in on every call.
-    malloc: str = "retain"
-    # The whole matrix runs this many times in a row; each cell reports the median round
-    # and each ratio its median and range over rounds, each round's ratio against the
-    # same round's reference (cells drift by up to 30% over minutes on a shared VM).
-    rounds: int = 1  # `slimserve bench models` asks for 3
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ def models_table(report: dict[str, Any]) -> Table:
     summary = report["summary"]
     columns = [column for column in MODEL_COLUMNS if column[1] in TERMINAL_KEYS]
     table = Table(
-        title=f"{report['bundle']['name']}:{report['bundle']['version']} on {report['machine']['cpu_model']}"
+        title=f"{report['bundle']['name']}:{report['bundle']['version']} on {cpu_words(report['machine'])}"
     )
     for header, _, _ in columns:
         table.add_column(header, justify="left" if header in ("variant", "runtime", "device") else "right")
@@ -71,6 +71,12 @@ def models_table(report: dict[str, Any]) -> Table:
         cells[2] = short_device(cells[2])
         table.add_row(*cells, style="bold green" if is_best else None)
     return table
+
+
+def cpu_words(machine: dict[str, Any]) -> str:
+    """The CPU and its vector ISA, e.g. ``AMD EPYC 9B14 (AVX-512 + VNNI + BF16)``: the ISA
+    decides which kernels ran, so every report header and table title names it."""
+    return f"{machine['cpu_model']} ({machine.get('vector_isa', 'vector ISA not recorded')})"
 
 
 def _peak_lines(machine: dict[str, Any]) -> list[str]:
@@ -97,7 +103,7 @@ def models_markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# Model benchmark: {bundle['name']}:{bundle['version']}",
         "",
-        f"- Machine: {machine['cpu_model']}, {machine['physical_cores']} physical cores, "
+        f"- Machine: {cpu_words(machine)}, {machine['physical_cores']} physical cores, "
         f"{machine['memory_gib']} GiB, flags {', '.join(machine['flags'])}; GPUs: "
         f"{', '.join(machine['gpus']) or 'no GPU present'}",
         f"- Versions: {', '.join(f'{k} {v}' for k, v in machine['versions'].items())}",
@@ -180,7 +186,10 @@ def _http_rows(report: dict[str, Any]) -> list[list[str]]:
 
 
 def http_table(report: dict[str, Any]) -> Table:
-    table = Table(title=f"{report['url']} variant {report['variant']} ({report['bundle']['tag']})")
+    table = Table(
+        title=f"{report['url']} variant {report['variant']} ({report['bundle']['tag']}) "
+        f"on {cpu_words(report['machine'])}"
+    )
     for header, _, _ in HTTP_COLUMNS:
         table.add_column(header, justify="left" if header == "target" else "right")
     for row in _http_rows(report):
@@ -218,7 +227,7 @@ def http_markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# HTTP benchmark: {report['url']}, variant {report['variant']} ({report['bundle']['tag']})",
         "",
-        f"- Machine: {machine['cpu_model']}, {machine['physical_cores']} physical cores; GPUs: "
+        f"- Machine: {cpu_words(machine)}, {machine['physical_cores']} physical cores; GPUs: "
         f"{', '.join(machine['gpus']) or 'no GPU present'}",
         f"- Versions: {', '.join(f'{k} {v}' for k, v in machine['versions'].items())}",
         f"- Service: {service['workers']} worker(s) x {service['threads_per_worker']} thread(s), backend "

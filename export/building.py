@@ -22,6 +22,7 @@ from torch import nn
 from export.checks import PARITY_IMAGES, Parity, accuracy, agreement, parity, predict
 from export.failures import StepFailed, describe_failure, export_step
 from export.formats import example_batch, write_onnx, write_pt2, write_torchscript
+from export.settings import ExportSettings  # re-exported: builders and callers import it here
 from slimserve.errors import SlimserveError
 from slimserve.hashing import sha256_file
 from slimserve.manifest import FILE_NAMES
@@ -39,45 +40,6 @@ PT2_STEP = "torch.export"
 
 class VariantFailed(SlimserveError):
     """This variant cannot be produced; the others still are."""
-
-
-@dataclass(frozen=True)
-class ExportSettings:
-    """Every knob that changes an artifact; recorded in the manifest per variant."""
-
-    calibration_images: int = 512
-    calibration_method: str = "minmax"
-    int8_target: str = "cpu"
-    max_accuracy_drop: float = 0.5
-    prune_macs: float = 0.5
-    finetune_epochs: int = 3
-    finetune_lr: float = 0.01
-    sparsity: float = 0.5
-    seed: int = 0
-    student: str | None = None  # a `slimserve distill` run: the distilled variants' network
-    drop_blocks: tuple[str, ...] = ()  # pruned: blocks replaced by identities before channel pruning
-    finetune_teacher: str | None = None  # pruned: fine-tune by distillation from this run
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.calibration_method in ("minmax", "entropy", "percentile"), "unknown --calibration-method"),
-            (self.int8_target in ("cpu", "tensorrt"), "--int8-target must be cpu or tensorrt"),
-            (0 < self.prune_macs < 1, f"--prune-macs must be between 0 and 1, got {self.prune_macs}"),
-            (0 < self.sparsity < 1, f"--sparsity must be between 0 and 1, got {self.sparsity}"),
-            (self.finetune_epochs >= 0, "--finetune-epochs must not be negative"),
-            (
-                self.finetune_epochs > 0 or self.finetune_teacher is None,
-                "--finetune-teacher needs --finetune-epochs above 0",
-            ),
-            (len(set(self.drop_blocks)) == len(self.drop_blocks), "--drop-blocks names a block twice"),
-            (self.max_accuracy_drop >= 0, "--max-accuracy-drop must not be negative"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise SlimserveError(message)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "drop_blocks": list(self.drop_blocks)}
 
 
 @dataclass

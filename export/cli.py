@@ -1,15 +1,23 @@
-"""`slimserve export`: argument parsing only, torch imported on use."""
+"""`slimserve export` and `slimserve distill`: argument parsing only, torch imported on use.
+
+`export`'s options are generated from ``ExportSettings`` plus ``ExportArgs`` (what names and
+places the bundle); `distill`'s from ``TrainConfig`` plus ``DistillArgs``.
+"""
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
-from slimserve.cli_types import positive_float, positive_int, share, share_or_bound
+from export.settings import ExportSettings
+from slimserve.cli_types import positive_float, positive_int, share_or_bound
+from slimserve.settings import add_options, build, option
+from training.config import RECIPES, TrainConfig
 
 VARIANT_NAMES = ("fp32", "int8", "pruned", "pruned-int8", "sparse", "distilled", "distilled-int8")
 
 
-def _variant_list(text: str) -> list[str]:
-    names = [part.strip() for part in text.split(",") if part.strip()]
+def variant_list(text: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
     unknown = [n for n in names if n not in VARIANT_NAMES]
     if not names or unknown:
         raise argparse.ArgumentTypeError(
@@ -18,40 +26,56 @@ def _variant_list(text: str) -> list[str]:
     return names
 
 
-def _block_list(text: str) -> tuple[str, ...]:
-    names = tuple(part.strip() for part in text.split(",") if part.strip())
-    if not names:
-        raise argparse.ArgumentTypeError(f"expected module names such as stages.1,stages.2, got {text!r}")
-    return names
+@dataclass(frozen=True)
+class ExportArgs:
+    """Which checkpoint, which variants, and where the bundle goes."""
+
+    run_dir: str = option(help="a folder written by 'slimserve train'", metavar="RUN_DIR", positional=True)
+    out: Path = option(Path("bundles"), help="bundles root")
+    name: str | None = option(None, help="bundle name", unset="ARCH-DATASET")
+    version: str | None = option(None, help="bundle version", unset="UTC time, YYYYMMDD-HHMMSS")
+    variants: tuple[str, ...] | None = option(
+        None,
+        help=f"comma-separated subset of {','.join(VARIANT_NAMES)}",
+        parse=variant_list,
+        unset="all; the distilled ones only with --student",
+    )
+    limit: int | None = option(
+        None,
+        help="use N test images for measurements and N train images for fine-tuning",
+        parse=positive_int,
+        unset="all",
+    )
+    register: bool = option(True, help="register each variant in the BentoML model store")
+
+
+@dataclass(frozen=True)
+class DistillArgs:
+    """The teacher, the student's architecture and the distillation loss; the student's
+    training options are ``TrainConfig``'s."""
+
+    teacher: str = option(help="the teacher's run folder", metavar="RUN_DIR")
+    student: str = option("cnn-small", help="student architecture", choices=tuple(RECIPES))
+    temperature: float = option(4.0, help="softmax temperature", parse=positive_float)
+    alpha: float = option(0.9, help="weight of the soft-target loss, 0..1", parse=share_or_bound)
+    out: Path | None = option(None, help="student run folder", unset="runs/STUDENT-DATASET-distilled")
+    twin_out: Path | None = option(None, help="no-teacher twin folder", unset="OUT-no-teacher")
+    force: bool = option(False, help="overwrite an existing student run folder")
 
 
 def _export(args: argparse.Namespace) -> None:
-    from export.building import ExportSettings
     from export.pipeline import export_bundle
 
-    settings = ExportSettings(
-        calibration_images=args.calibration_images,
-        calibration_method=args.calibration_method,
-        int8_target=args.int8_target,
-        max_accuracy_drop=args.max_accuracy_drop,
-        prune_macs=args.prune_macs,
-        finetune_epochs=args.finetune_epochs,
-        finetune_lr=args.finetune_lr,
-        sparsity=args.sparsity,
-        seed=args.seed,
-        student=None if args.student is None else str(args.student.resolve()),
-        drop_blocks=args.drop_blocks,
-        finetune_teacher=None if args.finetune_teacher is None else str(args.finetune_teacher.resolve()),
-    )
+    job = build(ExportArgs, args)
     export_bundle(
-        Path(args.run_dir),
-        out=args.out,
-        name=args.name,
-        version=args.version,
-        variants=args.variants,
-        limit=args.limit,
-        settings=settings,
-        register=args.register,
+        Path(job.run_dir),
+        out=job.out,
+        name=job.name,
+        version=job.version,
+        variants=None if job.variants is None else list(job.variants),
+        limit=job.limit,
+        settings=build(ExportSettings, args),
+        register=job.register,
     )
 
 
@@ -60,19 +84,20 @@ def _distill(args: argparse.Namespace) -> None:
     from training.checkpoint import read_metadata
     from training.cli import train_config_from_args
 
+    job = build(DistillArgs, args)
     config = inherit_data_settings(
-        train_config_from_args(args, args.student),
-        read_metadata(Path(args.teacher)),
+        train_config_from_args(args, job.student),
+        read_metadata(Path(job.teacher)),
         keep_dataset=args.dataset is not None,
     )
     distill(
-        args.teacher,
+        job.teacher,
         config,
-        temperature=args.temperature,
-        alpha=args.alpha,
-        out=args.out,
-        twin_out=args.twin_out,
-        force=args.force,
+        temperature=job.temperature,
+        alpha=job.alpha,
+        out=job.out,
+        twin_out=job.twin_out,
+        force=job.force,
     )
 
 
@@ -84,97 +109,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "parity and accuracy on the test split, write OUT/NAME/VERSION/manifest.json and register "
         "each variant in the BentoML model store as NAME-VARIANT:VERSION.",
     )
-    export.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by 'slimserve train'")
-    export.add_argument("--out", type=Path, default=Path("bundles"), help="bundles root (default: ./bundles)")
-    export.add_argument("--name", help="bundle name (default: ARCH-DATASET)")
-    export.add_argument("--version", help="bundle version (default: UTC time, YYYYMMDD-HHMMSS)")
-    export.add_argument(
-        "--variants",
-        type=_variant_list,
-        help=f"comma-separated subset of {','.join(VARIANT_NAMES)} (default: all; the distilled ones "
-        "only with --student)",
-    )
-    export.add_argument(
-        "--limit",
-        type=positive_int,
-        help="use N test images for measurements and N train images for fine-tuning (default: all)",
-    )
-    export.add_argument(
-        "--calibration-images", type=positive_int, default=512, help="INT8 calibration images (default: 512)"
-    )
-    export.add_argument(
-        "--calibration-method",
-        choices=["minmax", "entropy", "percentile"],
-        default="minmax",
-        help="INT8 calibration method tried first (default: minmax)",
-    )
-    export.add_argument(
-        "--int8-target",
-        choices=["cpu", "tensorrt"],
-        default="cpu",
-        help="ONNX INT8 signedness: cpu = uint8 activations (fastest with VNNI), "
-        "tensorrt = symmetric int8 (default: cpu)",
-    )
-    export.add_argument(
-        "--max-accuracy-drop",
-        type=positive_float,
-        default=0.5,
-        help="largest accepted accuracy drop vs fp32, in points (default: 0.5)",
-    )
-    export.add_argument(
-        "--prune-macs",
-        type=share,
-        default=0.5,
-        help="pruned: share of fp32's MACs structured pruning removes, dropped blocks included "
-        "(default: 0.5)",
-    )
-    export.add_argument(
-        "--drop-blocks",
-        type=_block_list,
-        default=(),
-        metavar="NAMES",
-        help="pruned: comma-separated blocks to replace by identities before channel pruning, e.g. "
-        "stages.1,stages.2 (a wrong name lists the droppable ones); --prune-macs stays the total",
-    )
-    export.add_argument(
-        "--finetune-teacher",
-        type=Path,
-        metavar="RUN_DIR",
-        help="pruned: fine-tune by distillation from this run (same dataset and classes; best trained "
-        "with --label-smoothing 0) instead of on the labels",
-    )
-    export.add_argument(
-        "--finetune-epochs",
-        type=int,
-        default=3,
-        help="pruned: fine-tuning epochs after pruning (default: 3)",
-    )
-    export.add_argument(
-        "--finetune-lr", type=positive_float, default=0.01, help="pruned: fine-tuning peak LR (default: 0.01)"
-    )
-    export.add_argument(
-        "--sparsity",
-        type=share,
-        default=0.5,
-        help="sparse: share of Conv/Linear weights set to zero (default: 0.5)",
-    )
-    export.add_argument(
-        "--student",
-        type=Path,
-        metavar="RUN_DIR",
-        help="a `slimserve distill` run: adds the distilled and distilled-int8 variants",
-    )
-    export.add_argument("--seed", type=int, default=0, help="seed for subsets and fine-tuning (default: 0)")
-    export.add_argument(
-        "--no-register",
-        dest="register",
-        action="store_false",
-        help="write the bundle only, skip the BentoML model store",
-    )
+    add_options(export, ExportArgs)
+    add_options(export, ExportSettings)
     export.set_defaults(handler=_export)
-
-    from training.cli import add_train_options
-    from training.config import RECIPES
 
     distill = commands.add_parser(
         "distill",
@@ -183,27 +120,6 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "(temperature, alpha) and, with the same config and seed, its no-teacher twin (reused when a "
         "finished one exists); prints both accuracies. The student is a normal checkpoint for 'export'.",
     )
-    distill.add_argument("--teacher", required=True, metavar="RUN_DIR", help="the teacher's run folder")
-    distill.add_argument(
-        "--student",
-        choices=list(RECIPES),
-        default="cnn-small",
-        help="student architecture (default: cnn-small)",
-    )
-    distill.add_argument(
-        "--temperature", type=positive_float, default=4.0, help="softmax temperature (default: 4)"
-    )
-    distill.add_argument(
-        "--alpha",
-        type=share_or_bound,
-        default=0.9,
-        help="weight of the soft-target loss, 0..1 (default: 0.9)",
-    )
-    add_train_options(distill)
-    distill.set_defaults(dataset=None)  # the teacher's dataset unless given
-    distill.add_argument(
-        "--out", type=Path, help="student run folder (default: runs/STUDENT-DATASET-distilled)"
-    )
-    distill.add_argument("--twin-out", type=Path, help="no-teacher twin folder (default: OUT-no-teacher)")
-    distill.add_argument("--force", action="store_true", help="overwrite an existing student run folder")
+    add_options(distill, DistillArgs)
+    add_options(distill, TrainConfig, exclude=("model",), unset={"dataset": "the teacher's"})
     distill.set_defaults(handler=_distill)

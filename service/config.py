@@ -8,11 +8,14 @@ turns its options into these variables. Invalid values are one-line SlimserveErr
 import os
 from dataclasses import asdict, dataclass, fields
 
+from slimserve.cli_types import positive_int
 from slimserve.errors import SlimserveError
 from slimserve.runtime.options import PROVIDER_CHOICES
+from slimserve.settings import option
 
 BACKENDS = ("onnx", "torchscript")
 ENV_PREFIX = "SLIMSERVE_"
+_ENV_OR_DEFAULT = "{default}"
 
 
 def cpu_count() -> int:
@@ -24,31 +27,87 @@ def cpu_count() -> int:
 class ServeConfig:
     """Every knob of the service; each field maps to ``SLIMSERVE_<FIELD>``."""
 
-    bundle: str = ""  # empty: the only bundle in the store
-    version: str = "latest"
-    variants: str = ""  # comma-separated; empty: all variants of the bundle version
-    backend: str = "onnx"
-    providers: str = "auto"
-    strict: bool = False  # refuse to start when a requested accelerator is not really used
-    max_batch_size: int = 32  # adaptive batching: most images per model call
-    max_latency_ms: int = 2000  # adaptive batching: hard deadline, queued requests past it get 503
-    max_batch_images: int = 64  # images per /predict/batch request
-    workers: int = 0  # 0: one per core
-    threads: int = 0  # inference threads per worker; 0: cores / workers
-    max_body_bytes: int = 16 * 1024 * 1024
-    max_pixels: int = 4096 * 4096
-    top_k: int = 5
-    port: int = 3000
-    access_log: bool = False
-    tracing: bool = False  # OpenTelemetry spans on the prediction routes (needs a BentoML tracing exporter)
-    timeout_s: int = 60
+    # Every field is a `slimserve serve` option (slimserve.settings); unset options leave
+    # the field to SLIMSERVE_<FIELD> or this default.
+    bundle: str = option("", help="bundle name", unset="the only bundle in the store")
+    version: str = option("latest", help="bundle version", unset=_ENV_OR_DEFAULT)
+    variants: str = option("", help="comma-separated variants to load", unset="all")
+    backend: str = option(
+        "onnx", help="onnx (torch-free) or torchscript", choices=BACKENDS, unset=_ENV_OR_DEFAULT
+    )
+    providers: str = option(
+        "auto",
+        help="execution providers; auto: TensorRT > CUDA > CPU as available",
+        choices=PROVIDER_CHOICES,
+        unset=_ENV_OR_DEFAULT,
+    )
+    strict: bool = option(
+        False, help="refuse to start when a requested accelerator is not actually used", unset=_ENV_OR_DEFAULT
+    )
+    max_batch_size: int = option(
+        32, help="adaptive batching: most images per model call", parse=positive_int, unset=_ENV_OR_DEFAULT
+    )
+    max_latency_ms: int = option(
+        2000,
+        help="adaptive batching: queue deadline; requests that would wait longer get 503",
+        parse=positive_int,
+        unset=_ENV_OR_DEFAULT,
+    )
+    max_batch_images: int = option(
+        64, help="images per /predict/batch request", parse=positive_int, unset=_ENV_OR_DEFAULT
+    )
+    workers: int = option(0, help="worker processes", parse=positive_int, unset="{default}: one per core")
+    threads: int = option(
+        0, help="inference threads per worker", parse=positive_int, unset="{default}: cores / workers"
+    )
+    max_body_bytes: int = option(
+        16 * 1024 * 1024, help="request body limit in bytes", parse=positive_int, unset=_ENV_OR_DEFAULT
+    )
+    max_pixels: int = option(
+        4096 * 4096, help="decoded image limit in pixels", parse=positive_int, unset=_ENV_OR_DEFAULT
+    )
+    top_k: int = option(
+        5, help="classes per answer unless top_k is sent", parse=positive_int, unset=_ENV_OR_DEFAULT
+    )
+    port: int = option(3000, help="port", parse=positive_int, unset=_ENV_OR_DEFAULT)
+    access_log: bool = option(False, help="log every request", unset=_ENV_OR_DEFAULT)
+    tracing: bool = option(
+        False,
+        help="OpenTelemetry spans on the prediction routes (needs a BentoML tracing exporter)",
+        unset=_ENV_OR_DEFAULT,
+    )
+    timeout_s: int = option(
+        60, help="per-request timeout in seconds", parse=positive_int, unset=_ENV_OR_DEFAULT
+    )
     # Work and memory per request: decoded pixels summed over every image of one request
     # (a batch included), checked from the image headers before any pixel is decoded.
-    max_request_pixels: int = 4 * 4096 * 4096
-    max_json_depth: int = 8  # nesting of a JSON body; the API's own bodies need 3
-    max_json_number_chars: int = 24  # characters of one JSON number (no 5000-digit integers)
-    body_idle_timeout_s: int = 10  # a request body that stalls this long is answered 400 (or 408)
-    max_concurrency: int = 256  # requests in flight per worker; more get BentoML's 503 (health excluded)
+    max_request_pixels: int = option(
+        4 * 4096 * 4096,
+        help="decoded pixels per request, summed over a batch's images",
+        parse=positive_int,
+        unset=_ENV_OR_DEFAULT,
+    )
+    max_json_depth: int = option(
+        8,
+        help="nesting depth of a JSON body (the API's own bodies need 3)",
+        parse=positive_int,
+        unset=_ENV_OR_DEFAULT,
+    )
+    max_json_number_chars: int = option(
+        24, help="characters of one JSON number", parse=positive_int, unset=_ENV_OR_DEFAULT
+    )
+    body_idle_timeout_s: int = option(
+        10,
+        help="a request body that stalls this long is answered 400 (short) or 408",
+        parse=positive_int,
+        unset=_ENV_OR_DEFAULT,
+    )
+    max_concurrency: int = option(
+        256,
+        help="requests in flight per worker; more get 429 (health routes excepted)",
+        parse=positive_int,
+        unset=_ENV_OR_DEFAULT,
+    )
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:

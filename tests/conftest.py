@@ -9,6 +9,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,7 +75,18 @@ def serve_subprocess(log: Path, env: dict[str, str]) -> Iterator[tuple[str, subp
     """`slimserve serve` with one worker on a free loopback port, from its start-up banner
     until the block ends; then Ctrl-C, as a user would stop it."""
     port = free_port()
-    command = ["slimserve", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "commands.main",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     with open(log, "w") as out:
         process = subprocess.Popen(
             command,

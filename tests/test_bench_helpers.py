@@ -2,7 +2,16 @@
 
 import pytest
 
-from benchmarks.machine import ZEN4, machine_info, peak_ops_per_s, physical_cores, share_of_peak, vector_units
+from benchmarks.machine import (
+    ZEN4,
+    machine_info,
+    peak_ops_per_s,
+    physical_cores,
+    share_of_peak,
+    vector_isa,
+    vector_units,
+)
+from benchmarks.report import cpu_words
 from benchmarks.selection import pareto_front, recommend
 from benchmarks.stats import latency_summary, percentiles
 from slimserve.cli_types import int_list
@@ -56,6 +65,30 @@ def test_machine_info_on_this_machine():
         assert peak["int8_gops"] > peak["fp32_gops"] > 0
         assert share_of_peak(peak["fp32_gops"] / 2, "fp32", peak) == pytest.approx(0.5)
         assert share_of_peak(peak["int8_gops"], "int8", peak) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    "flags,isa",
+    [
+        ({"avx", "avx2", "fma"}, "AVX2"),
+        ({"avx2", "fma", "avx_vnni"}, "AVX2 + AVX-VNNI"),
+        ({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"}, "AVX-512 + VNNI + BF16"),
+        (
+            {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8"},
+            "AVX-512 + VNNI + BF16 + AMX",
+        ),
+        ({"fp", "asimd", "asimddp", "i8mm"}, "NEON + DOTPROD + I8MM"),
+        ({"sse4_2"}, "no AVX"),
+    ],
+)
+def test_vector_isa_names_what_decides_the_kernels(flags, isa):
+    assert vector_isa(flags) == isa
+
+
+def test_report_headers_name_this_machine_s_vector_isa():
+    info = machine_info()
+    assert info["vector_isa"] == vector_isa(set(info["flags"]))  # the flags it reads are all recorded
+    assert cpu_words(info) == f"{info['cpu_model']} ({info['vector_isa']})"
 
 
 def test_pareto_front_and_recommendation():

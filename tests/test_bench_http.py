@@ -8,7 +8,7 @@ from PIL import Image
 from rich.console import Console
 
 from benchmarks.http_bench import check_loopback, summarize_run
-from slimserve.cli import main
+from commands.main import main
 from slimserve.errors import SlimserveError
 from slimserve.local_server import free_port
 

@@ -8,7 +8,7 @@ import pytest
 from rich.console import Console
 
 from benchmarks.models_bench import ModelBenchSettings, bench_models
-from slimserve.cli import main
+from commands.main import main
 
 ROW_FIELDS = {
     "variant", "runtime", "device", "precision", "batch_size", "samples", "p50_ms", "p90_ms", "p99_ms",
@@ -16,7 +16,7 @@ ROW_FIELDS = {
     "gops", "share_of_peak", "allocator", "accuracy", "top1_agreement", "accuracy_source", "speedup", "accuracy_drop_points",
 }  # fmt: skip
 SETTINGS = ModelBenchSettings(
-    batch_sizes=(1, 4), warmup=1, repeats=5, max_seconds=2.0, limit=64, select_batch=4
+    batch_sizes=(1, 4), warmup=1, repeats=5, max_seconds=2.0, limit=64, select_batch=4, rounds=1
 )
 
 
@@ -88,6 +88,7 @@ def test_bench_models_writes_complete_sane_report(tiny_bundle: Path, tmp_path: P
     assert summary["best_int8_share_of_peak"] is None  # the tiny bundle has no INT8 variant
     markdown = (tmp_path / "bench-models.md").read_text()
     assert "Recommendation (batch 4)" in markdown
+    assert f"({report['machine']['vector_isa']})" in markdown.splitlines()[2]  # the Machine line
     assert "no GPU present" in markdown or report["machine"]["gpus"]
     for plot in report["plots"]:
         assert Path(plot).read_bytes().startswith(b"\x89PNG")
@@ -102,7 +103,9 @@ def test_bench_models_without_the_run_folder_uses_torchscript_as_reference(tiny_
     data = json.loads(manifest_path.read_text())
     data["parent"]["run_dir"] = str(tmp_path / "deleted-run")
     manifest_path.write_text(json.dumps(data))
-    settings = ModelBenchSettings(batch_sizes=(2,), warmup=1, repeats=3, max_seconds=1.0, select_batch=2)
+    settings = ModelBenchSettings(
+        batch_sizes=(2,), warmup=1, repeats=3, max_seconds=1.0, select_batch=2, rounds=1
+    )
     report = bench_models(bundle, tmp_path / "out", settings, console=Console(quiet=True))
     assert not any(row["runtime"] == "pytorch-eager" for row in report["rows"])
     assert any("PyTorch eager rows are absent" in note for note in report["notes"])

@@ -8,10 +8,10 @@ import safetensors.torch
 import torch
 from rich.console import Console
 
+from commands.main import main
 from export.building import ExportSettings
 from export.distill import REPORT_FILE, distill
 from export.pipeline import export_bundle
-from slimserve.cli import main
 from slimserve.errors import SlimserveError
 from training.checkpoint import load_checkpoint, read_metadata
 from training.config import TrainConfig

@@ -14,10 +14,10 @@ import pytest
 import torch
 from torch import nn
 
+from commands.main import main
 from export.data import checkpoint_data, image_set
 from export.pipeline import export_bundle
 from export.registry import register_bundle
-from slimserve.cli import main
 from slimserve.errors import SlimserveError
 from slimserve.manifest import read_manifest
 from slimserve.runtime import open_runner

@@ -9,11 +9,11 @@ import onnx.numpy_helper
 import pytest
 import torch
 
+from commands.main import main
 from export.building import ExportSettings
 from export.formats import example_batch
 from export.pipeline import export_bundle
 from export.prune import structured_prune
-from slimserve.cli import main
 from slimserve.errors import SlimserveError
 from training.checkpoint import load_checkpoint
 

@@ -579,7 +579,7 @@ def test_tampered_model_file_is_refused(bundle, tmp_path):
 
 def test_serve_cli_unknown_bundle_is_one_line(bundle):
     result = subprocess.run(
-        [sys.executable, "-m", "slimserve.cli", "serve", "--bundle", "nope", "--port", "1"],
+        [sys.executable, "-m", "commands.main", "serve", "--bundle", "nope", "--port", "1"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -632,7 +632,7 @@ def test_bentoml_build_references_the_models_and_writes_a_gpu_ready_dockerfile(b
 def test_serve_cli_strict_refuses_a_silent_cuda_fallback(bundle):
     env = {**os.environ, "SLIMSERVE_BUNDLE": BUNDLE, "SLIMSERVE_VARIANTS": "fp32"}
     result = subprocess.run(
-        [sys.executable, "-m", "slimserve.cli", "serve", "--providers", "cuda", "--strict", "--port", "1"],
+        [sys.executable, "-m", "commands.main", "serve", "--providers", "cuda", "--strict", "--port", "1"],
         capture_output=True, text=True, timeout=120, env=env,
     )  # fmt: skip
     assert result.returncode == 1

@@ -1,96 +1,64 @@
-"""`slimserve train` and `slimserve evaluate`: argument parsing only, torch imported on use."""
+"""`slimserve train` and `slimserve evaluate`: argument parsing only, torch imported on use.
+
+The options are generated from ``TrainConfig`` (``slimserve.settings``); the few that are
+not part of a run's configuration live in the small dataclasses below.
+"""
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
-from slimserve.cli_types import json_object, positive_float, positive_int
-from training.config import AMP_MODES, DEVICES, OPTIMIZERS, RECIPES
+from slimserve.cli_types import positive_int
+from slimserve.settings import add_options, build, given, option
+from training.config import DEVICES, TrainConfig
 
 
-def add_train_options(parser: argparse.ArgumentParser) -> None:
-    """Options shared by `train` and `distill` (which trains a student the same way)."""
-    parser.add_argument(
-        "--dataset",
-        default="fashion-mnist",
-        help="fashion-mnist (default), mnist, cifar10 or folder:PATH (class_name/image.png tree)",
-    )
-    parser.add_argument(
-        "--recipe",
-        choices=["full", "fast"],
-        default="full",
-        help="per-model defaults: 'full' reaches the documented accuracy, 'fast' is a quick run",
-    )
-    parser.add_argument("--epochs", type=positive_int, help="override the recipe's epoch count")
-    parser.add_argument("--batch-size", type=positive_int, help="override the recipe's batch size")
-    parser.add_argument("--lr", type=positive_float, help="peak learning rate of the one-cycle schedule")
-    parser.add_argument("--weight-decay", type=float, help="override the recipe's weight decay")
-    parser.add_argument("--optimizer", choices=OPTIMIZERS, help="override the recipe's optimizer")
-    parser.add_argument("--label-smoothing", type=float, help="override the recipe's label smoothing")
-    parser.add_argument(
-        "--augment",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="random crop and (where labels allow) horizontal flip",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--limit", type=positive_int, help="use at most N train and N test images")
-    parser.add_argument("--device", choices=DEVICES, default="auto", help="auto picks CUDA when present")
-    parser.add_argument(
-        "--amp",
-        choices=AMP_MODES,
-        default="auto",
-        help="mixed precision: auto uses bf16/fp16 where the GPU or CPU supports it natively",
-    )
-    parser.add_argument("--threads", type=positive_int, help="torch CPU threads (default: all cores)")
-    parser.add_argument("--download", action="store_true", help="allow torchvision to download mnist/cifar10")
-    parser.add_argument("--image-size", type=positive_int, default=32, help="folder datasets: square size")
-    parser.add_argument("--channels", type=int, choices=[1, 3], default=3, help="folder datasets: channels")
-    parser.add_argument("--val-fraction", type=float, default=0.2, help="folder datasets: validation share")
-    parser.add_argument(
-        "--arch-kwargs", type=json_object, default={}, help="model arguments, e.g. '{\"depth\": 32}'"
+@dataclass(frozen=True)
+class TrainArgs:
+    """Where `train` writes, beside the run's configuration."""
+
+    out: Path | None = option(None, help="run folder", unset="runs/MODEL-DATASET")
+    force: bool = option(False, help="overwrite an existing run folder")
+    resume: str | None = option(
+        None, help="continue an interrupted run with its saved settings", metavar="RUN_DIR"
     )
 
 
-def train_config_from_args(args: argparse.Namespace, model: str):
-    from training.config import TrainConfig
+@dataclass(frozen=True)
+class EvaluateArgs:
+    run_dir: str = option(help="a folder written by 'slimserve train'", metavar="RUN_DIR", positional=True)
+    limit: int | None = option(
+        None, help="evaluate on at most N test images", parse=positive_int, unset="all"
+    )
+    device: str = option("auto", help="auto picks CUDA when present", choices=DEVICES)
+    plot: Path | None = option(None, help="where to write the PNG", unset="RUN_DIR/confusion_matrix.png")
 
+
+def train_config_from_args(args: argparse.Namespace, model: str) -> TrainConfig:
+    """The recipe of ``model`` and ``--recipe``, then every option given on the command line."""
     return TrainConfig.from_recipe(
-        model,
-        args.recipe,
-        dataset=args.dataset,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        optimizer=args.optimizer,
-        label_smoothing=args.label_smoothing,
-        augment=args.augment,
-        seed=args.seed,
-        limit=args.limit,
-        device=args.device,
-        amp=args.amp,
-        threads=args.threads,
-        download=args.download,
-        image_size=args.image_size,
-        channels=args.channels,
-        val_fraction=args.val_fraction,
-        arch_kwargs=args.arch_kwargs,
+        model, args.recipe, **given(TrainConfig, args, exclude=("model", "recipe"))
     )
 
 
 def _train(args: argparse.Namespace) -> None:
     from training.train import train
 
-    if args.resume is not None:
-        train(train_config_from_args(args, args.model), Path(args.resume), resume=True)
+    where = build(TrainArgs, args)
+    config = train_config_from_args(args, args.model)
+    if where.resume is not None:
+        train(config, Path(where.resume), resume=True)
         return
-    train(train_config_from_args(args, args.model), args.out, overwrite=args.force)
+    train(config, where.out, overwrite=where.force)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
     from training.evaluate import evaluate_checkpoint
 
-    evaluate_checkpoint(Path(args.run_dir), limit=args.limit, device=args.device, plot_path=args.plot)
+    options = build(EvaluateArgs, args)
+    evaluate_checkpoint(
+        Path(options.run_dir), limit=options.limit, device=options.device, plot_path=options.plot
+    )
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -100,13 +68,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         description="Train MLP/CNN/ResNet classifiers; writes model.safetensors + metadata.json "
         "(last epoch) and train_state.pt (for --resume) into the run folder.",
     )
-    train.add_argument("--model", choices=list(RECIPES), default="cnn", help="architecture (default: cnn)")
-    add_train_options(train)
-    train.add_argument("--out", type=Path, help="run folder (default: runs/MODEL-DATASET)")
-    train.add_argument("--force", action="store_true", help="overwrite an existing run folder")
-    train.add_argument(
-        "--resume", metavar="RUN_DIR", help="continue an interrupted run with its saved settings"
-    )
+    add_options(train, TrainConfig)
+    add_options(train, TrainArgs)
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser(
@@ -115,10 +78,5 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         description="Verify a checkpoint's hash, evaluate it on its dataset's test split and "
         "write a confusion-matrix PNG.",
     )
-    evaluate.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by 'slimserve train'")
-    evaluate.add_argument("--limit", type=positive_int, help="evaluate on at most N test images")
-    evaluate.add_argument("--device", choices=DEVICES, default="auto")
-    evaluate.add_argument(
-        "--plot", type=Path, help="where to write the PNG (default: RUN_DIR/confusion_matrix.png)"
-    )
+    add_options(evaluate, EvaluateArgs)
     evaluate.set_defaults(handler=_evaluate)

@@ -1,13 +1,16 @@
 """Training configuration: validated up front, saved with the run, reloaded on resume.
 
-Torch-free on purpose: the CLI builds its parser from these names without importing torch.
+Torch-free on purpose: the CLI builds its parser from these fields (``slimserve.settings``)
+without importing torch; a new training option is a new field here.
 """
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from slimserve.cli_types import json_object, positive_float, positive_int
 from slimserve.errors import SlimserveError
+from slimserve.settings import option
 
 # Per-model defaults. "full" is the recipe behind the accuracy figures in BENCHMARKS.md;
 # "fast" is the short one the README's end-to-end command uses. Recipes differ only in
@@ -33,40 +36,76 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     for model, by_recipe in _EPOCHS.items()
 }
 
+RECIPE_NAMES = ("full", "fast")
 OPTIMIZERS = ("sgd", "adamw")
 DEVICES = ("auto", "cpu", "cuda")
 AMP_MODES = ("auto", "on", "off")
+# TrainConfig() is the default model's full recipe; the help says so.
+_CNN_FULL = RECIPES["cnn"]["full"]
+_RECIPE = "the recipe's; {default} for cnn, full"
 
 
 @dataclass
 class TrainConfig:
     """Everything that determines a training run; stored verbatim in the checkpoint."""
 
-    model: str = "cnn"
-    dataset: str = "fashion-mnist"
-    recipe: str = "full"
-    epochs: int = 15
-    batch_size: int = 128
-    lr: float = 0.05
-    optimizer: str = "sgd"
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.1
-    augment: bool = True
-    seed: int = 0
-    limit: int | None = None
-    device: str = "auto"
-    amp: str = "auto"
-    threads: int | None = None
-    download: bool = False
-    image_size: int = 32
-    channels: int = 3
-    val_fraction: float = 0.2
-    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    model: str = option("cnn", help="architecture", choices=tuple(RECIPES))
+    dataset: str = option(
+        "fashion-mnist", help="fashion-mnist, mnist, cifar10 or folder:PATH (class_name/image.png tree)"
+    )
+    recipe: str = option(
+        "full",
+        help="per-model defaults: 'full' reaches the documented accuracy, 'fast' is a quick run",
+        choices=RECIPE_NAMES,
+    )
+    # The recipe fields: unset on the command line means "the recipe's value for --model".
+    epochs: int = option(
+        _CNN_FULL["epochs"], help="override the recipe's epoch count", parse=positive_int, unset=_RECIPE
+    )
+    batch_size: int = option(
+        _CNN_FULL["batch_size"], help="override the recipe's batch size", parse=positive_int, unset=_RECIPE
+    )
+    lr: float = option(
+        _CNN_FULL["lr"],
+        help="peak learning rate of the one-cycle schedule",
+        parse=positive_float,
+        unset=_RECIPE,
+    )
+    optimizer: str = option(
+        _CNN_FULL["optimizer"], help="override the recipe's optimizer", choices=OPTIMIZERS, unset=_RECIPE
+    )
+    weight_decay: float = option(
+        _CNN_FULL["weight_decay"], help="override the recipe's weight decay", unset=_RECIPE
+    )
+    label_smoothing: float = option(
+        _CNN_FULL["label_smoothing"], help="override the recipe's label smoothing", unset=_RECIPE
+    )
+    augment: bool = option(
+        _CNN_FULL["augment"], help="random crop and (where labels allow) horizontal flip", unset=_RECIPE
+    )
+    seed: int = option(0, help="random seed")
+    limit: int | None = option(
+        None, help="use at most N train and N test images", parse=positive_int, unset="all"
+    )
+    device: str = option("auto", help="auto picks CUDA when present", choices=DEVICES)
+    amp: str = option(
+        "auto",
+        help="mixed precision: auto uses bf16/fp16 where the GPU or CPU supports it natively",
+        choices=AMP_MODES,
+    )
+    threads: int | None = option(None, help="torch CPU threads", parse=positive_int, unset="all cores")
+    download: bool = option(False, help="allow torchvision to download mnist/cifar10")
+    image_size: int = option(32, help="folder datasets: square size", parse=positive_int)
+    channels: int = option(3, help="folder datasets: channels", parse=int, choices=(1, 3))
+    val_fraction: float = option(0.2, help="folder datasets: validation share")
+    arch_kwargs: dict[str, Any] = option(
+        help="model arguments, e.g. '{\"depth\": 32}'", parse=json_object, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         checks = [
             (self.model in RECIPES, f"unknown model {self.model!r}; choose from {', '.join(RECIPES)}"),
-            (self.recipe in ("full", "fast"), f"unknown recipe {self.recipe!r}; choose full or fast"),
+            (self.recipe in RECIPE_NAMES, f"unknown recipe {self.recipe!r}; choose full or fast"),
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
             (self.lr > 0, f"--lr must be positive, got {self.lr}"),

@@ -1,6 +1,7 @@
 """The ``slimserve`` command: one entry point that dispatches to each stage's subcommands.
 
-Each stage owns its own ``cli`` module with an ``add_commands(subparsers)`` function
+Each stage owns its own ``cli`` module with an ``add_commands(subparsers)`` function whose
+options are generated from the stage's settings dataclasses (``slimserve.settings``)
 (timm/litgpt style: the CLI parses arguments and calls typed functions, nothing else).
 Those modules import torch only inside handlers, so ``slimserve --help`` is instant and
 commands that serve ONNX never import torch.
@@ -10,10 +11,8 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import NoReturn
 
-from slimserve.cli_types import positive_int
 from slimserve.errors import SlimserveError
 
 EXIT_USAGE = 2
@@ -29,13 +28,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _demo(args: argparse.Namespace) -> None:
-    from slimserve.demo import run_demo
-
-    run_demo(Path(args.workdir), limit=args.limit, serve=args.serve, port=args.port)
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from commands import demo
     from slimserve import __version__
 
     parser = _Parser(
@@ -46,22 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for module in STAGE_CLIS:
         importlib.import_module(module).add_commands(commands)
-
-    demo = commands.add_parser(
-        "demo",
-        help="the end-to-end job on Fashion-MNIST: train, evaluate, export, benchmark, serve",
-        description="Train the default CNN on Fashion-MNIST with the fast recipe, evaluate it, export "
-        "every compressed variant, benchmark them in-process, then serve the bundle over HTTP.",
-    )
-    demo.add_argument(
-        "--workdir", default="slimserve-demo", help="where outputs go (default: ./slimserve-demo)"
-    )
-    demo.add_argument("--limit", type=positive_int, help="use at most N images (a smoke run)")
-    demo.add_argument(
-        "--serve", action=argparse.BooleanOptionalAction, default=True, help="end by serving the bundle (on)"
-    )
-    demo.add_argument("--port", type=positive_int, default=3000, help="service port (default: 3000)")
-    demo.set_defaults(handler=_demo)
+    demo.add_command(commands)
     return parser
 
 
