@@ -3,8 +3,10 @@ what it runs on."""
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # annotations only: the CLI builds its parsers from settings that import this package
+    import numpy as np
 
 
 class Runner(ABC):
@@ -19,7 +21,7 @@ class Runner(ABC):
     synchronize: Callable[[], None] | None = None
 
     @abstractmethod
-    def run(self, batch: np.ndarray) -> np.ndarray: ...
+    def run(self, batch: "np.ndarray") -> "np.ndarray": ...
 
     @property
     @abstractmethod
@@ -30,5 +32,5 @@ class Runner(ABC):
     def describe(self) -> dict[str, object]:
         """Backend, threads, provider asked for and provider running, allocator policy."""
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
+    def __call__(self, batch: "np.ndarray") -> "np.ndarray":
         return self.run(batch)
