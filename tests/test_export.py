@@ -148,6 +148,7 @@ def test_tampered_checkpoint_is_refused(tiny_cnn_run, tmp_path):
     assert not (tmp_path / "bundles").exists()
 
 
+@pytest.mark.slow  # the run fixture is requested by name, which collection cannot see
 @pytest.mark.parametrize("fixture", ["tiny_mlp_run", "tiny_resnet_run"])
 def test_fp32_export_of_other_architectures(fixture, request, tmp_path):
     run_dir = request.getfixturevalue(fixture)

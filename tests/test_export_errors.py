@@ -113,6 +113,7 @@ def flexnet_bundle(tmp_path_factory: pytest.TempPathFactory):
         yield manifest, console.export_text()
 
 
+@pytest.mark.slow  # flexnet_bundle trains and exports three variants
 def test_unsupported_layer_is_named_and_other_variants_are_built(flexnet_bundle):
     manifest, printed = flexnet_bundle
     assert set(manifest.variants) == {"fp32", "sparse"}
@@ -140,6 +141,7 @@ def test_unsupported_layer_is_named_and_other_variants_are_built(flexnet_bundle)
     assert "variant 'int8' (torchscript): layer 'blocks.1'" in printed
 
 
+@pytest.mark.slow  # flexnet_bundle trains and exports three variants
 def test_manifests_with_plain_string_failures_still_read(flexnet_bundle, tmp_path):
     manifest, _ = flexnet_bundle
     copy = tmp_path / "bundle"
