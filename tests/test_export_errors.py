@@ -4,6 +4,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from rich.console import Console
@@ -15,6 +16,7 @@ from export.failures import StepFailed, describe_failure, export_step
 from export.formats import write_onnx
 from export.pipeline import export_bundle
 from export.report import print_report
+from slimserve.errors import SlimserveError
 from slimserve.manifest import read_manifest
 from training import models
 from training.checkpoint import save_checkpoint
@@ -72,6 +74,44 @@ class OverflowGuard(nn.Module):
         return x
 
 
+class ExportShortcutLogSoftmax(nn.Module):
+    """Log-probabilities in eager; under the ONNX exporter, the shortcut ``x - max(x)``.
+
+    An export-only branch (``torch.onnx.is_in_onnx_export()``, which the exporter turns on
+    while it traces) that does not compute what eager computes: each row shifts by its
+    log-sum-exp, so every top-1 still agrees and only the logit limit can tell. TorchScript
+    tracing and torch.export take the eager branch.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.onnx.is_in_onnx_export():
+            return x - x.amax(dim=1, keepdim=True)
+        return F.log_softmax(x, dim=1)
+
+
+class ShortcutNet(nn.Module):
+    def __init__(self, in_channels: int, num_classes: int, input_size: tuple[int, int]) -> None:
+        super().__init__()
+        height, width = input_size
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(in_channels * height * width, num_classes))
+        self.log_probs = ExportShortcutLogSoftmax()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.log_probs(self.classifier(x))
+
+
+def _save_run(run_dir: Path, arch: str, model: nn.Module, data) -> Path:
+    metadata = {
+        "arch": arch,
+        "arch_kwargs": {},
+        "dataset": data.name,
+        "classes": list(data.classes),
+        "preprocess": data.spec.to_dict(),
+    }
+    save_checkpoint(run_dir, model.eval(), metadata)
+    return run_dir
+
+
 @pytest.fixture(scope="module")
 def flexnet_bundle(tmp_path_factory: pytest.TempPathFactory):
     """FlexNet registered as a real architecture, trained briefly on real Fashion-MNIST,
@@ -89,15 +129,7 @@ def flexnet_bundle(tmp_path_factory: pytest.TempPathFactory):
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        run_dir = tmp_path_factory.mktemp("runs") / ARCH
-        metadata = {
-            "arch": ARCH,
-            "arch_kwargs": {},
-            "dataset": data.name,
-            "classes": list(data.classes),
-            "preprocess": data.spec.to_dict(),
-        }
-        save_checkpoint(run_dir, model.eval(), metadata)
+        run_dir = _save_run(tmp_path_factory.mktemp("runs") / ARCH, ARCH, model, data)
         console = Console(record=True, width=240)
         # The INT8 budget is out of the way so that the failure under test is the layer.
         settings = ExportSettings(max_accuracy_drop=100.0, calibration_images=64)
@@ -183,3 +215,33 @@ def test_pt2_that_torch_export_rejects_is_skipped_with_the_layer(tmp_path: Path)
         "variant 'fp32' (pt2): layer '1' (OverflowGuard) is not supported by torch.export: "
     )
     assert not path.exists()
+
+
+@pytest.mark.slow  # exports every format of a real (untrained) model
+def test_onnx_that_disagrees_with_eager_is_refused_and_named(tmp_path: Path):
+    """The parity gate, not the exporter, stops this one: the ONNX file is valid and agrees
+    on every top-1, yet its logits are off by about log(10), far over the 1e-4 limit."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(models.MODELS, "shortcut-test", ShortcutNet)
+        data = load_data("fashion-mnist", image_size=28, channels=1)
+        torch.manual_seed(0)
+        model = models.build_model("shortcut-test", in_channels=1, num_classes=10, input_size=(28, 28))
+        run_dir = _save_run(tmp_path / "run", "shortcut-test", model, data)
+        with pytest.raises(SlimserveError) as refused:
+            export_bundle(
+                run_dir,
+                out=tmp_path / "bundles",
+                name="shortcut",
+                version="v1",
+                variants=["fp32"],
+                limit=256,
+                register=False,
+                console=Console(quiet=True),
+            )
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith("no variant could be exported: variant 'fp32': fp32 onnx parity failed: ")
+    assert "(limit 1e-04)" in message and "top-1 agreement 100.00%" in message
+    diff = float(message.split("max |logit diff| ")[1].split()[0])
+    assert 1e-4 < diff <= np.log(10) + 1e-4
+    assert not (tmp_path / "bundles" / "shortcut" / "v1" / "fp32").exists()
