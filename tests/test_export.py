@@ -52,6 +52,8 @@ def test_fp32_parity_every_format_on_real_images(fp32_bundle):
     assert entry["accuracy_drop"] == 0.0
     assert entry["test_accuracy"] == fp32_bundle.data["parent"]["test_accuracy"]
     assert entry["macs"] > entry["params"] > 0
+    parent = load_checkpoint(Path(fp32_bundle.data["parent"]["run_dir"])).model
+    assert entry["params"] == sum(p.numel() for p in parent.parameters())
     assert fp32_bundle.data["default_variant"] == "fp32"
     assert fp32_bundle.data["preprocess"] == load_checkpoint_metadata(fp32_bundle)["preprocess"]
 
