@@ -201,3 +201,12 @@ def test_pixel_limit_is_decided_before_decoding():
     with pytest.raises(RequestError) as caught:
         open_image(huge[: len(huge) // 2], max_pixels=1_000_000)
     assert caught.value.status == 413
+
+
+def test_pixel_limit_is_inclusive():
+    """Exactly max_pixels is served; one pixel more is a 413 naming the size."""
+    assert decode_image(_png((25, 4)), max_pixels=100).size == (25, 4)
+    with pytest.raises(RequestError) as caught:
+        decode_image(_png((101, 1)), max_pixels=100)
+    assert caught.value.status == 413
+    assert "101x1 pixels, the limit is 100" in caught.value.message
