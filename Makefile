@@ -4,7 +4,7 @@ PYTHON ?= python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: help data install install-dev demo test lint format
+.PHONY: help data install install-dev demo test test-fast lint format
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -21,8 +21,11 @@ install-dev: data ## install slimserve with test and lint tools
 demo: install ## the end-to-end job on Fashion-MNIST: train, evaluate, export, benchmark, serve
 	slimserve demo
 
-test: install-dev ## install, then run the whole test suite
-	$(PYTHON) -m pytest
+test: install-dev ## install, then run the whole test suite (slowest 15 tests listed)
+	$(PYTHON) -m pytest --durations=15
+
+test-fast: ## the fast tier, once installed: no training beyond seconds, no export, no server
+	$(PYTHON) -m pytest -m "not slow and not http"
 
 lint: ## formatting and lint checks
 	ruff format --check . && ruff check .

@@ -3,6 +3,12 @@
 Nothing here mocks torch, ONNX Runtime or BentoML. Fashion-MNIST comes from the Debian
 package the README's test command installs; when it is missing the tests fail with the
 fix, they do not skip.
+
+Test tiers (declared in pyproject.toml): a test that uses an expensive fixture, directly
+or through another fixture, is marked with that fixture's tier at collection, so the fast
+tier (``make test-fast``) cannot pick up a training run or a server by sharing a fixture.
+A fixture that trains, exports or serves goes into ``FIXTURE_TIERS``; the setup timer
+below names any unlisted fixture that turns out slow.
 """
 
 import contextlib
@@ -18,6 +24,59 @@ import pytest
 
 from slimserve.local_server import free_port
 from training.datasets import fashion_mnist_source_dir
+
+# Fixtures whose setup trains, exports or serves, and the markers every test using them gets.
+FIXTURE_TIERS: dict[str, tuple[str, ...]] = {
+    "tiny_cnn_run": ("slow",),
+    "tiny_mlp_run": ("slow",),
+    "tiny_resnet_run": ("slow",),
+    "start_server": ("http",),
+}
+# An unlisted fixture whose setup takes longer than this in the fast tier is named at the end.
+FAST_FIXTURE_SECONDS = 5.0
+TIERS = frozenset({"slow", "http"})
+_running: list[pytest.Item] = []
+_slow_setups: dict[str, float] = {}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give each test the tiers of the fixtures it uses (``fixturenames`` is the closure)."""
+    for item in items:
+        for fixture in getattr(item, "fixturenames", ()):
+            for marker in FIXTURE_TIERS.get(fixture, ()):
+                item.add_marker(marker)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    _running.append(item)
+    try:
+        return (yield)
+    finally:
+        _running.pop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef: pytest.FixtureDef, request: pytest.FixtureRequest):
+    """Time each fixture set up for a fast-tier test: one that is slow belongs in FIXTURE_TIERS
+    (or its tests need a marker), or ``make test-fast`` quietly grows."""
+    start = time.perf_counter()
+    try:
+        return (yield)
+    finally:
+        elapsed = time.perf_counter() - start
+        fast = bool(_running) and all(_running[-1].get_closest_marker(name) is None for name in TIERS)
+        if fast and elapsed > FAST_FIXTURE_SECONDS:
+            _slow_setups[fixturedef.argname] = max(elapsed, _slow_setups.get(fixturedef.argname, 0.0))
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    for name, seconds in sorted(_slow_setups.items()):
+        terminalreporter.write_line(
+            f"fast-tier fixture {name!r} took {seconds:.0f} s to set up: mark its tests slow "
+            "or add it to FIXTURE_TIERS in tests/conftest.py",
+            yellow=True,
+        )
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -164,6 +164,7 @@ def test_bad_input_is_one_line_without_traceback(args, expected, tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # trains in a subprocess (~10 s)
 def test_train_command_end_to_end_writes_a_checkpoint(tmp_path):
     out = tmp_path / "run"
     result = run_cli(

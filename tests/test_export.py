@@ -52,6 +52,8 @@ def test_fp32_parity_every_format_on_real_images(fp32_bundle):
     assert entry["accuracy_drop"] == 0.0
     assert entry["test_accuracy"] == fp32_bundle.data["parent"]["test_accuracy"]
     assert entry["macs"] > entry["params"] > 0
+    parent = load_checkpoint(Path(fp32_bundle.data["parent"]["run_dir"])).model
+    assert entry["params"] == sum(p.numel() for p in parent.parameters())
     assert fp32_bundle.data["default_variant"] == "fp32"
     assert fp32_bundle.data["preprocess"] == load_checkpoint_metadata(fp32_bundle)["preprocess"]
 
@@ -148,6 +150,7 @@ def test_tampered_checkpoint_is_refused(tiny_cnn_run, tmp_path):
     assert not (tmp_path / "bundles").exists()
 
 
+@pytest.mark.slow  # the run fixture is requested by name, which collection cannot see
 @pytest.mark.parametrize("fixture", ["tiny_mlp_run", "tiny_resnet_run"])
 def test_fp32_export_of_other_architectures(fixture, request, tmp_path):
     run_dir = request.getfixturevalue(fixture)

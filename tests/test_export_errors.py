@@ -4,6 +4,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from rich.console import Console
@@ -15,6 +16,7 @@ from export.failures import StepFailed, describe_failure, export_step
 from export.formats import write_onnx
 from export.pipeline import export_bundle
 from export.report import print_report
+from slimserve.errors import SlimserveError
 from slimserve.manifest import read_manifest
 from training import models
 from training.checkpoint import save_checkpoint
@@ -72,6 +74,67 @@ class OverflowGuard(nn.Module):
         return x
 
 
+class ExportShortcutLogSoftmax(nn.Module):
+    """Log-probabilities in eager; under the ONNX exporter, the shortcut ``x - max(x)``.
+
+    An export-only branch (``torch.onnx.is_in_onnx_export()``, which the exporter turns on
+    while it traces) that does not compute what eager computes: each row shifts by its
+    log-sum-exp, so every top-1 still agrees and only the logit limit can tell. TorchScript
+    tracing and torch.export take the eager branch.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.onnx.is_in_onnx_export():
+            return x - x.amax(dim=1, keepdim=True)
+        return F.log_softmax(x, dim=1)
+
+
+class ExportShortcutTieBreak(nn.Module):
+    """Copies logit 0 into a twin class; under the ONNX exporter the twin gets +5e-5.
+
+    Eager holds an exact tie, which the first class wins; the ONNX file hands it to the
+    twin. Every logit is within the 1e-4 limit, so only the top-1 clause can tell.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        twin = x[:, :1]
+        if torch.onnx.is_in_onnx_export():
+            twin = twin + 5e-5
+        return torch.cat([x[:, :1], twin, x[:, 1:]], dim=1)
+
+
+class ShortcutNet(nn.Module):
+    """A linear classifier whose last step is an export-only shortcut (``head``)."""
+
+    def __init__(
+        self, in_channels: int, num_classes: int, input_size: tuple[int, int], head: str = "log_softmax"
+    ) -> None:
+        super().__init__()
+        height, width = input_size
+        tie = head == "tie"
+        linear = nn.Linear(in_channels * height * width, num_classes - tie)
+        if tie:  # class 0 (and so its twin) leads every row, so every row holds the tie
+            with torch.no_grad():
+                linear.bias[0] += 10.0
+        self.classifier = nn.Sequential(nn.Flatten(), linear)
+        self.head = ExportShortcutTieBreak() if tie else ExportShortcutLogSoftmax()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.classifier(x))
+
+
+def _save_run(run_dir: Path, arch: str, model: nn.Module, data, **arch_kwargs) -> Path:
+    metadata = {
+        "arch": arch,
+        "arch_kwargs": arch_kwargs,
+        "dataset": data.name,
+        "classes": list(data.classes),
+        "preprocess": data.spec.to_dict(),
+    }
+    save_checkpoint(run_dir, model.eval(), metadata)
+    return run_dir
+
+
 @pytest.fixture(scope="module")
 def flexnet_bundle(tmp_path_factory: pytest.TempPathFactory):
     """FlexNet registered as a real architecture, trained briefly on real Fashion-MNIST,
@@ -89,15 +152,7 @@ def flexnet_bundle(tmp_path_factory: pytest.TempPathFactory):
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        run_dir = tmp_path_factory.mktemp("runs") / ARCH
-        metadata = {
-            "arch": ARCH,
-            "arch_kwargs": {},
-            "dataset": data.name,
-            "classes": list(data.classes),
-            "preprocess": data.spec.to_dict(),
-        }
-        save_checkpoint(run_dir, model.eval(), metadata)
+        run_dir = _save_run(tmp_path_factory.mktemp("runs") / ARCH, ARCH, model, data)
         console = Console(record=True, width=240)
         # The INT8 budget is out of the way so that the failure under test is the layer.
         settings = ExportSettings(max_accuracy_drop=100.0, calibration_images=64)
@@ -113,6 +168,7 @@ def flexnet_bundle(tmp_path_factory: pytest.TempPathFactory):
         yield manifest, console.export_text()
 
 
+@pytest.mark.slow  # flexnet_bundle trains and exports three variants
 def test_unsupported_layer_is_named_and_other_variants_are_built(flexnet_bundle):
     manifest, printed = flexnet_bundle
     assert set(manifest.variants) == {"fp32", "sparse"}
@@ -140,6 +196,7 @@ def test_unsupported_layer_is_named_and_other_variants_are_built(flexnet_bundle)
     assert "variant 'int8' (torchscript): layer 'blocks.1'" in printed
 
 
+@pytest.mark.slow  # flexnet_bundle trains and exports three variants
 def test_manifests_with_plain_string_failures_still_read(flexnet_bundle, tmp_path):
     manifest, _ = flexnet_bundle
     copy = tmp_path / "bundle"
@@ -181,3 +238,41 @@ def test_pt2_that_torch_export_rejects_is_skipped_with_the_layer(tmp_path: Path)
         "variant 'fp32' (pt2): layer '1' (OverflowGuard) is not supported by torch.export: "
     )
     assert not path.exists()
+
+
+@pytest.mark.slow  # exports every format of a real (untrained) model
+@pytest.mark.parametrize(
+    ("head", "top1", "diff_range"),
+    [("log_softmax", "100.00%", (1e-4, np.log(10) + 1e-4)), ("tie", "0.00%", (4e-5, 1e-4))],
+    ids=["logits-off-top1-kept", "logits-kept-top1-off"],
+)
+def test_onnx_that_disagrees_with_eager_is_refused_and_named(tmp_path: Path, head, top1, diff_range):
+    """The parity gate, not the exporter, stops these: each ONNX file is valid, and misses
+    exactly one of the two clauses (max |logit diff| <= 1e-4, top-1 agreement 100%)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(models.MODELS, "shortcut-test", ShortcutNet)
+        data = load_data("fashion-mnist", image_size=28, channels=1)
+        torch.manual_seed(0)
+        model = models.build_model(
+            "shortcut-test", in_channels=1, num_classes=10, input_size=(28, 28), head=head
+        )
+        run_dir = _save_run(tmp_path / "run", "shortcut-test", model, data, head=head)
+        with pytest.raises(SlimserveError) as refused:
+            export_bundle(
+                run_dir,
+                out=tmp_path / "bundles",
+                name="shortcut",
+                version="v1",
+                variants=["fp32"],
+                limit=256,
+                register=False,
+                console=Console(quiet=True),
+            )
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith("no variant could be exported: variant 'fp32': fp32 onnx parity failed: ")
+    assert "(limit 1e-04)" in message and f"top-1 agreement {top1} (need 100%)" in message
+    diff = float(message.split("max |logit diff| ")[1].split()[0])
+    low, high = diff_range
+    assert low < diff <= high
+    assert not (tmp_path / "bundles" / "shortcut" / "v1" / "fp32").exists()

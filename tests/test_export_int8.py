@@ -14,8 +14,6 @@ from export.building import ExportSettings
 from export.int8_search import BudgetMissed, fit_budget
 from export.pipeline import export_bundle
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def cnn_bundle(tiny_cnn_run: Path, tmp_path_factory: pytest.TempPathFactory):

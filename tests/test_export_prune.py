@@ -17,8 +17,6 @@ from export.prune import structured_prune
 from slimserve.errors import SlimserveError
 from training.checkpoint import load_checkpoint
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def pruned_bundle(tiny_cnn_run: Path, tmp_path_factory: pytest.TempPathFactory):

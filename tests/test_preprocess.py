@@ -8,7 +8,6 @@ from PIL import Image
 
 from service.errors import RequestError
 from service.preprocess import Preprocessor, decode_image, open_image
-from slimserve.imaging import to_spec_mode
 from slimserve.spec import PreprocessSpec
 from training.datasets import load_data
 from training.transforms import eval_transform
@@ -27,9 +26,41 @@ def encode(image: Image.Image, fmt: str = "PNG", **params) -> bytes:
     return buffer.getvalue()
 
 
-def reference(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
-    """torchvision's pipeline after the shared colour-mode step (what training's folder loader does)."""
-    return eval_transform(spec)(to_spec_mode(image, spec)).numpy()
+ORIENTATION = 0x0112  # the EXIF tag
+# What each EXIF orientation asks a viewer to do to the stored pixels (EXIF 2.32, section 4.6.5.1).
+UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def upright_and_flattened(data: bytes, background: int) -> Image.Image:
+    """The reference colour step, written apart from ``slimserve.imaging`` so that a change
+    there shows: Pillow decodes, the EXIF table above turns the pixels upright, and numpy
+    puts transparent pixels on the background with Pillow's rounding (exact for all
+    256 x 256 value/alpha pairs)."""
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        orientation = image.getexif().get(ORIENTATION, 1)
+        if orientation in UPRIGHT:
+            image = image.transpose(UPRIGHT[orientation])
+        transparent = image.mode in ("P", "RGBA", "LA", "PA") or "transparency" in image.info
+        if not transparent:
+            return image
+        rgba = np.asarray(image.convert("RGBA")).astype(np.int64)
+        alpha = rgba[..., 3:]
+        flat = (rgba[..., :3] * alpha + background * (255 - alpha) + 127) // 255
+        return Image.fromarray(flat.astype(np.uint8), "RGB")
+
+
+def reference(data: bytes, spec: PreprocessSpec) -> np.ndarray:
+    """torchvision's eval pipeline (its own colour-mode conversion, resize and normalize)."""
+    return eval_transform(spec)(upright_and_flattened(data, spec.alpha_background)).numpy()
 
 
 def test_equals_torchvision_on_fashion_mnist_test_images(fashion):
@@ -54,10 +85,13 @@ def _variants(base: Image.Image) -> dict[str, bytes]:
     palette = Image.fromarray(rgb, "RGB").quantize(colors=16)
     palette.info["transparency"] = 0
     exif = Image.Exif()
-    exif[0x0112] = 6  # orientation: rotate 90 CW on display
+    exif[ORIENTATION] = 6  # rotate 90 degrees clockwise on display
     big = Image.fromarray(rgb, "RGB").resize((97, 61), Image.Resampling.BICUBIC)
     return {
         "rgb-png": encode(Image.fromarray(rgb, "RGB")),
+        "rgb-png-transparent-colour": encode(
+            Image.fromarray(rgb, "RGB"), transparency=tuple(rgb[0, 0].tolist())
+        ),
         "rgba-png": encode(rgba),
         "palette-png-transparent": encode(palette, transparency=0),
         "exif-rotated-jpeg": encode(big, "JPEG", exif=exif, quality=92),
@@ -89,23 +123,46 @@ def test_equals_torchvision_on_converted_and_resized_images(fashion, spec_name):
     preprocess = Preprocessor(spec)
     base, _ = fashion.test[7]
     for kind, data in _variants(base).items():
-        with Image.open(io.BytesIO(data)) as original:
-            original.load()
-            expected = reference(original, spec)
+        expected = reference(data, spec)
         served = preprocess(decode_image(data, MAX_PIXELS))[0]
         assert served.shape == spec.input_shape, kind
         assert np.abs(served - expected).max() <= 1e-6, kind
 
 
-def test_exif_orientation_is_applied(fashion):
-    """A portrait photo stored landscape with an EXIF tag is seen upright."""
-    base, _ = fashion.test[3]
-    wide = Image.fromarray(np.asarray(base)[:, :14])  # 14 wide, 28 high
+def _asymmetric_rgb() -> Image.Image:
+    """20 wide, 12 high, no two pixels alike: any flip or rotation moves some value."""
+    rows, cols = np.mgrid[0:12, 0:20]
+    pixels = np.stack([rows * 20 + cols, 255 - rows * 20, cols * 12], axis=-1)
+    return Image.fromarray(pixels.astype(np.uint8), "RGB")
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_turns_the_pixels_upright(orientation):
+    """Each EXIF orientation, in a lossless PNG: the served pixels are the stored ones turned
+    as the tag says, value for value (a missing or wrong turn changes the size or the order)."""
+    stored = _asymmetric_rgb()
     exif = Image.Exif()
-    exif[0x0112] = 6
-    image = decode_image(encode(wide.rotate(90, expand=True), "JPEG", exif=exif, quality=95), MAX_PIXELS)
+    exif[ORIENTATION] = orientation
+    upright = stored.transpose(UPRIGHT[orientation]) if orientation in UPRIGHT else stored
+    width, height = upright.size
+    spec = PreprocessSpec(height, width, 3, mean=(0.0,) * 3, std=(1.0,) * 3)
+    served = Preprocessor(spec).pixels(decode_image(encode(stored, exif=exif), MAX_PIXELS))
+    assert np.array_equal(served, np.asarray(upright).transpose(2, 0, 1))
+
+
+def test_exif_rotated_jpeg_portrait_is_seen_upright(fashion):
+    """A portrait photo stored landscape with orientation 6, as phones write them."""
+    base, _ = fashion.test[3]
+    portrait = Image.fromarray(np.asarray(base)[:, :14])  # 14 wide, 28 high
+    exif = Image.Exif()
+    exif[ORIENTATION] = 6
+    data = encode(portrait.transpose(Image.Transpose.ROTATE_90), "JPEG", exif=exif, quality=95)
     spec = PreprocessSpec(28, 14, 1, mean=(0.0,), std=(1.0,))
-    assert Preprocessor(spec).pixels(image).shape == (1, 28, 14)
+    served = Preprocessor(spec)(decode_image(data, MAX_PIXELS))
+    assert served.shape == (1, 1, 28, 14)
+    assert np.abs(served[0] - reference(data, spec)).max() <= 1e-6
+    # JPEG is lossy, so the upright pixels are near the portrait's, not equal to them.
+    assert np.abs(served[0, 0] * 255 - np.asarray(portrait, dtype=np.float32)).mean() < 4
 
 
 def test_batch_equals_single_images(fashion):
@@ -144,3 +201,12 @@ def test_pixel_limit_is_decided_before_decoding():
     with pytest.raises(RequestError) as caught:
         open_image(huge[: len(huge) // 2], max_pixels=1_000_000)
     assert caught.value.status == 413
+
+
+def test_pixel_limit_is_inclusive():
+    """Exactly max_pixels is served; one pixel more is a 413 naming the size."""
+    assert decode_image(_png((25, 4)), max_pixels=100).size == (25, 4)
+    with pytest.raises(RequestError) as caught:
+        decode_image(_png((101, 1)), max_pixels=100)
+    assert caught.value.status == 413
+    assert "101x1 pixels, the limit is 100" in caught.value.message
