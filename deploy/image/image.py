@@ -233,7 +233,6 @@ def default_png() -> bytes:
 
 def build_and_check(png: bytes, log: Path) -> dict:
     """Everything ``make image`` promises; the report, or SlimserveError naming what failed."""
-    check_tools()
     state = state_dir()
     env = container_env(state)
     base_seconds = build_base(state, env)
@@ -275,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", type=Path, help="also write the JSON report to this file")
     args = parser.parse_args(argv)
     try:
+        check_tools()
         if args.png is not None and not args.png.is_file():
             raise SlimserveError(f"no PNG at {args.png}")
         png = args.png.read_bytes() if args.png else default_png()
