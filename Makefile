@@ -4,7 +4,7 @@ PYTHON ?= python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: help data install install-dev demo test test-fast lint format
+.PHONY: help data install install-dev demo test test-fast image-tools test-image image lint format
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -21,11 +21,21 @@ install-dev: data ## install slimserve with test and lint tools
 demo: install ## the end-to-end job on Fashion-MNIST: train, evaluate, export, benchmark, serve
 	slimserve demo
 
-test: install-dev ## install, then run the whole test suite (slowest 15 tests listed)
-	$(PYTHON) -m pytest --durations=15
+test: install-dev ## install, then run the whole test suite, slowest 15 listed (the image build runs apart: make test-image)
+	$(PYTHON) -m pytest -m "not image" --durations=15
 
 test-fast: ## the fast tier, once installed: no training beyond seconds, no export, no server
-	$(PYTHON) -m pytest -m "not slow and not http"
+	$(PYTHON) -m pytest -m "not slow and not http and not image"
+
+image-tools: ## install buildah, podman, mmdebstrap and runc from Debian (skipped if present)
+	@command -v buildah >/dev/null && command -v podman >/dev/null && command -v mmdebstrap >/dev/null \
+		&& command -v runc >/dev/null || ($(SUDO) apt-get update && $(SUDO) apt-get install -y buildah podman mmdebstrap runc)
+
+test-image: install-dev image-tools ## the OCI image test: build with buildah, run with podman (minutes)
+	$(PYTHON) -m pytest -m image
+
+image: image-tools ## build the OCI image with buildah (no Docker daemon), run it with podman, check an answer
+	@$(PYTHON) deploy/image/image.py
 
 lint: ## formatting and lint checks
 	ruff format --check . && ruff check .
