@@ -13,6 +13,7 @@ from slimserve.runtime.options import PROVIDER_CHOICES
 
 BACKENDS = ("onnx", "torchscript")
 ENV_PREFIX = "SLIMSERVE_"
+CIRCUS_GRACEFUL_TIMEOUT_S = 30  # circus.watcher.Watcher(graceful_timeout=30.0), BentoML keeps the default
 
 
 def cpu_count() -> int:
@@ -48,7 +49,17 @@ class ServeConfig:
     max_json_depth: int = 8  # nesting of a JSON body; the API's own bodies need 3
     max_json_number_chars: int = 24  # characters of one JSON number (no 5000-digit integers)
     body_idle_timeout_s: int = 10  # a request body that stalls this long is answered 400 (or 408)
-    max_concurrency: int = 256  # requests in flight per worker; more get BentoML's 503 (health excluded)
+    max_concurrency: int = (
+        256  # requests in flight (split over workers); more get BentoML's JSON 429 (health excluded)
+    )
+    # Connections (service.connections): uvicorn has no such settings that BentoML passes on.
+    header_timeout_s: int = (
+        10  # a request line + headers not complete this long after the first byte: 408, closed
+    )
+    max_header_bytes: int = 64 * 1024  # a request head larger than this: 431, closed
+    max_connections: int = 1024  # open connections per worker; more are answered 503 and closed at once
+    graceful_shutdown_s: int = 25  # on SIGTERM/SIGINT: in-flight requests get this long to finish
+    warmup_runs: int = 3  # model runs per variant before readiness turns green
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -63,6 +74,11 @@ class ServeConfig:
                 raise SlimserveError(f"{ENV_PREFIX}{field.name.upper()} must be at least 1, got {value}")
             if field.name in ("workers", "threads") and value < 0:
                 raise SlimserveError(f"{ENV_PREFIX}{field.name.upper()} must be 0 (auto) or more")
+        if self.graceful_shutdown_s >= CIRCUS_GRACEFUL_TIMEOUT_S:
+            raise SlimserveError(
+                f"{ENV_PREFIX}GRACEFUL_SHUTDOWN_S must be below {CIRCUS_GRACEFUL_TIMEOUT_S}: BentoML's process "
+                "manager (circus) kills workers that take longer to stop"
+            )
 
     @property
     def variant_list(self) -> list[str]:
