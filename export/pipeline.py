@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from export.building import ExportContext, ExportSettings
+from export.canary import write_canary
 from export.checks import accuracy, predict
 from export.data import checkpoint_data, image_set
 from export.failures import describe_failure
@@ -224,6 +225,7 @@ def export_bundle(
         "settings": settings.to_dict(),
         "variants": entries,
         "failed": failed,
+        "canary": write_canary(bundle_dir, eval_set.images, fp32_logits, settings.max_accuracy_drop),
     }
     write_manifest(bundle_dir, manifest_data)
     manifest = read_manifest(bundle_dir)
