@@ -4,7 +4,7 @@ PYTHON ?= python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: help data install install-dev demo test lint format
+.PHONY: help data install install-dev demo test soak lint format
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -23,6 +23,9 @@ demo: install ## the end-to-end job on Fashion-MNIST: train, evaluate, export, b
 
 test: install-dev ## install, then run the whole test suite
 	$(PYTHON) -m pytest
+
+soak: install-dev ## minutes of load on a real server: 0 failures, stable p99, flat memory (SLIMSERVE_SOAK_S=300)
+	$(PYTHON) -m pytest -m soak -s tests/test_soak.py
 
 lint: ## formatting and lint checks
 	ruff format --check . && ruff check .
