@@ -172,6 +172,9 @@ def test_overload_beyond_max_concurrency_gets_fast_429_while_livez_answers(guard
     finally:
         for sock in holders:
             sock.close()
+    print(
+        f"overload: 8 x 429 in at most {max(r[2] for r in refused):.3f} s; /livez 200 in {live_seconds:.3f} s"
+    )
     assert [(status, body) for status, body, _ in refused] == [(429, {"error": "Too many requests"})] * 8
     assert max(seconds for _, _, seconds in refused) < 2
     assert live.status_code == 200 and live_seconds < 2
