@@ -13,7 +13,6 @@ from slimserve.runtime.options import PROVIDER_CHOICES
 
 BACKENDS = ("onnx", "torchscript")
 ENV_PREFIX = "SLIMSERVE_"
-CIRCUS_GRACEFUL_TIMEOUT_S = 30  # circus.watcher.Watcher(graceful_timeout=30.0), BentoML keeps the default
 
 
 def cpu_count() -> int:
@@ -58,7 +57,9 @@ class ServeConfig:
     )
     max_header_bytes: int = 64 * 1024  # a request head larger than this: 431, closed
     max_connections: int = 1024  # open connections per worker; more are answered 503 and closed at once
-    graceful_shutdown_s: int = 25  # on SIGTERM/SIGINT: in-flight requests get this long to finish
+    # On SIGTERM/SIGINT, `slimserve serve` gives in-flight requests this long to finish (uvicorn's
+    # timeout_graceful_shutdown); a bare `bentoml serve` waits for them without a limit.
+    graceful_shutdown_s: int = 25
     warmup_runs: int = 3  # model runs per variant before readiness turns green
 
     def __post_init__(self) -> None:
@@ -74,11 +75,6 @@ class ServeConfig:
                 raise SlimserveError(f"{ENV_PREFIX}{field.name.upper()} must be at least 1, got {value}")
             if field.name in ("workers", "threads") and value < 0:
                 raise SlimserveError(f"{ENV_PREFIX}{field.name.upper()} must be 0 (auto) or more")
-        if self.graceful_shutdown_s >= CIRCUS_GRACEFUL_TIMEOUT_S:
-            raise SlimserveError(
-                f"{ENV_PREFIX}GRACEFUL_SHUTDOWN_S must be below {CIRCUS_GRACEFUL_TIMEOUT_S}: BentoML's process "
-                "manager (circus) kills workers that take longer to stop"
-            )
 
     @property
     def variant_list(self) -> list[str]:
