@@ -4,7 +4,7 @@ PYTHON ?= python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: help data install install-dev demo test test-fast image-tools test-image image lint format
+.PHONY: help data install install-dev demo test test-fast image-tools test-image image soak lint format
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -22,10 +22,10 @@ demo: install ## the end-to-end job on Fashion-MNIST: train, evaluate, export, b
 	slimserve demo
 
 test: install-dev ## install, then run the whole test suite, slowest 15 listed (the image build runs apart: make test-image)
-	$(PYTHON) -m pytest -m "not image" --durations=15
+	$(PYTHON) -m pytest -m "not image and not soak" --durations=15
 
 test-fast: ## the fast tier, once installed: no training beyond seconds, no export, no server
-	$(PYTHON) -m pytest -m "not slow and not http and not image"
+	$(PYTHON) -m pytest -m "not slow and not http and not image and not soak"
 
 image-tools: ## install buildah, podman, mmdebstrap and runc from Debian (skipped if present)
 	@command -v buildah >/dev/null && command -v podman >/dev/null && command -v mmdebstrap >/dev/null \
@@ -36,6 +36,9 @@ test-image: install-dev image-tools ## the OCI image test: build with buildah, r
 
 image: image-tools ## build the OCI image with buildah (no Docker daemon), run it with podman, check an answer
 	@$(PYTHON) deploy/image/image.py
+
+soak: install-dev ## minutes of load on a real server: 0 failures, stable p99, flat memory (SLIMSERVE_SOAK_S=300)
+	$(PYTHON) -m pytest -m soak -s tests/test_soak.py
 
 lint: ## formatting and lint checks
 	ruff format --check . && ruff check .

@@ -59,6 +59,7 @@ class ExportContext:
     bundle_dir: Path
     fp32_accuracy: float
     fp32_predictions: np.ndarray
+    canary: dict[str, Any]  # the manifest entry of the canary set written into the bundle (export.canary)
     float_models: dict[str, nn.Module] = field(default_factory=dict)
     float_accuracies: dict[str, float] = field(default_factory=dict)
     float_sparsity: dict[str, float] = field(default_factory=dict)

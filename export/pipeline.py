@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from export.building import ExportContext, ExportSettings
+from export.canary import write_canary
 from export.checks import accuracy, predict
 from export.data import checkpoint_data, image_set
 from export.failures import describe_failure
@@ -219,6 +220,7 @@ def _measure_parent(
         bundle_dir=bundle_dir,
         fp32_accuracy=fp32_accuracy,
         fp32_predictions=fp32_logits.argmax(1),
+        canary=write_canary(bundle_dir, eval_set.images, fp32_logits, settings.max_accuracy_drop),
     )
 
 
@@ -288,4 +290,5 @@ def _manifest_data(
         "settings": ctx.settings.to_dict(),
         "variants": entries,
         "failed": failed,
+        "canary": ctx.canary,
     }

@@ -12,6 +12,7 @@ from typing import Any
 
 import bentoml
 
+from export.canary import copy_canary
 from slimserve.errors import SlimserveError
 from slimserve.manifest import MANIFEST_FILE, Manifest
 from slimserve.store_names import model_name, store_labels
@@ -66,6 +67,7 @@ def register_bundle(manifest: Manifest) -> list[str]:
         ) as model:
             target = Path(model.path)
             shutil.copy2(manifest.bundle_dir / MANIFEST_FILE, target / MANIFEST_FILE)
+            copy_canary(manifest.bundle_dir, manifest.data, target)
             for artifact in variant.files.values():
                 source = artifact.verified_path(manifest.bundle_dir)
                 destination = target / artifact.path

@@ -104,7 +104,40 @@ class ServeConfig:
     )
     max_concurrency: int = option(
         256,
-        help="requests in flight per worker; more get 429 (health routes excepted)",
+        help="requests in flight (split over workers); more get a JSON 429 (health routes excepted)",
+        parse=positive_int,
+        unset=_ENV_OR_DEFAULT,
+    )
+    # Connections (service.connections): uvicorn has no such settings that BentoML passes on.
+    header_timeout_s: int = option(
+        10,
+        help="request line + headers not complete this long after the first byte: 408, closed",
+        parse=positive_int,
+        unset=_ENV_OR_DEFAULT,
+    )
+    max_header_bytes: int = option(
+        64 * 1024,
+        help="request head larger than this: 431, closed",
+        parse=positive_int,
+        unset=_ENV_OR_DEFAULT,
+    )
+    max_connections: int = option(
+        1024,
+        help="open connections per worker; more are answered 503 and closed at once",
+        parse=positive_int,
+        unset=_ENV_OR_DEFAULT,
+    )
+    # On SIGTERM/SIGINT, `slimserve serve` gives in-flight requests this long to finish (uvicorn's
+    # timeout_graceful_shutdown); a bare `bentoml serve` waits for them without a limit.
+    graceful_shutdown_s: int = option(
+        25,
+        help="seconds in-flight requests get to finish after SIGTERM/Ctrl-C",
+        parse=positive_int,
+        unset=_ENV_OR_DEFAULT,
+    )
+    warmup_runs: int = option(
+        3,
+        help="model runs per variant before readiness turns green",
         parse=positive_int,
         unset=_ENV_OR_DEFAULT,
     )

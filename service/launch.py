@@ -23,6 +23,8 @@ from slimserve.local_server import wait_ready
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVICE_TARGET = "service.service:Slimserve"
+# Beyond the graceful period: BentoML's arbiter stopping its workers and cleaning up.
+SHUTDOWN_MARGIN_S = 15
 
 
 def preflight(config: ServeConfig) -> dict[str, str]:
@@ -41,6 +43,8 @@ def server_command(config: ServeConfig, host: str) -> list[str]:
     return [
         sys.executable, "-m", "bentoml", "serve", SERVICE_TARGET,
         "--host", host, "--port", str(config.port), "--working-dir", str(REPO_ROOT),
+        # uvicorn's wait for in-flight requests after SIGTERM/SIGINT (unbounded by default).
+        "--timeout-graceful-shutdown", str(config.graceful_shutdown_s),
     ]  # fmt: skip
 
 
@@ -80,8 +84,12 @@ def print_banner(console: Console, url: str, models: dict, cold_start: float) ->
     console.print(f"  curl {url}/models   |   {url}/metrics   |   {url}/readyz", soft_wrap=True)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: a requested stop, which exits 0 once the server has drained and stopped."""
+
+
 def _stop_on_sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+    raise Terminated
 
 
 def serve(config: ServeConfig, host: str = "0.0.0.0", ready_timeout: float = 120) -> None:
@@ -103,13 +111,14 @@ def serve(config: ServeConfig, host: str = "0.0.0.0", ready_timeout: float = 120
             models = json.load(response)
         print_banner(console, url, models, cold_start)
         process.wait()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         process.send_signal(signal.SIGINT)
-        process.wait(timeout=30)
-        raise
+        process.wait(timeout=config.graceful_shutdown_s + SHUTDOWN_MARGIN_S)
+        if not isinstance(stop, Terminated):
+            raise
     finally:
         if process.poll() is None:
             process.terminate()
-            process.wait(timeout=30)
+            process.wait(timeout=config.graceful_shutdown_s + SHUTDOWN_MARGIN_S)
     if process.returncode not in (0, -signal.SIGINT, -signal.SIGTERM):
         raise SlimserveError(f"the server exited with code {process.returncode}")

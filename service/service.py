@@ -8,6 +8,7 @@ bundle variants this service serves, and a Bento carries them.
 import logging
 import os
 import statistics
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import anyio
 import bentoml
 import numpy as np
 
+from service import connections
 from service.batching import adaptive_dispatcher
 from service.config import ServeConfig
 from service.errors import RequestError
@@ -35,6 +37,7 @@ TAGS = resolve_tags(CONFIG)
 KNOWN_PATHS = frozenset(("/", "/docs.json", "/metrics", "/livez", "/readyz", "/healthz", *ROUTES))
 bound_http_metric_paths(KNOWN_PATHS)
 use_own_multiprocess_dir()
+connections.install(CONFIG.header_timeout_s, CONFIG.max_header_bytes, CONFIG.max_connections)
 # Below these costs a thread hop (~50-100 us) costs more than the work it would move off
 # the event loop, so small images are decoded and fast models run in place.
 INLINE_PIXELS = 256 * 256
@@ -57,32 +60,53 @@ class Slimserve:
     """Every requested variant of one bundle version, verified, warmed up and ready."""
 
     def __init__(self) -> None:
-        start = time.perf_counter()
         self.config = CONFIG
         self.variants: dict[str, LoadedVariant] = {}
         self.inline: dict[str, bool] = {}
-        for name, tag in TAGS.items():
-            stored = getattr(self, model_attribute(name))
-            variant = load_variant(name, tag, Path(stored.path), CONFIG)
-            self.variants[name] = variant
-            self.inline[name] = _model_seconds(variant) < INLINE_MODEL_SECONDS
-            logger.info("loaded %s: %s", tag, variant.backend.describe())
-        first = next(iter(self.variants.values()))
-        preferred = first.manifest.data.get("default_variant")
-        self.default_variant = preferred if preferred in self.variants else first.name
+        self.default_variant = ""
         self.dispatchers = {
             name: adaptive_dispatcher(CONFIG.max_latency_ms, CONFIG.max_batch_size, _overloaded)
-            for name in self.variants
+            for name in TAGS
         }
-        self.batched = {name: self.dispatchers[name](self._batch_callback(name)) for name in self.variants}
+        self.batched = {name: self.dispatchers[name](self._batch_callback(name)) for name in TAGS}
         self.model_limiter: anyio.CapacityLimiter | None = None
+        # BentoML creates the service inside uvicorn's lifespan start-up, and uvicorn reads
+        # no request until that returns: loading here would leave /readyz and /livez
+        # hanging for the whole load. Loading in a thread lets them answer (503, then 200).
+        self.loaded = threading.Event()
+        self.load_error: str | None = None
+        threading.Thread(target=self._load, name="slimserve-load", daemon=True).start()
+
+    def _load(self) -> None:
+        start = time.perf_counter()
+        try:
+            variants = {}
+            for name, tag in TAGS.items():
+                stored = getattr(self, model_attribute(name))
+                variants[name] = load_variant(name, tag, Path(stored.path), CONFIG)
+                self.inline[name] = _model_seconds(variants[name]) < INLINE_MODEL_SECONDS
+                logger.info("loaded %s: %s", tag, variants[name].backend.describe())
+        except Exception as exc:  # reported by /livez (503) so the supervisor restarts the worker
+            self.load_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            logger.exception("loading the models failed")
+            return
+        first = next(iter(variants.values()))
+        preferred = first.manifest.data.get("default_variant")
+        self.default_variant = preferred if preferred in variants else first.name
+        self.variants = variants
+        self.loaded.set()
         logger.info("slimserve ready in %.2f s", time.perf_counter() - start)
 
     def __is_ready__(self) -> bool:
-        return bool(self.variants)
+        return self.loaded.is_set()
+
+    def __is_alive__(self) -> bool:
+        return self.load_error is None
 
     def pick(self, name: Any) -> LoadedVariant:
         """The requested variant by name, checked against the loaded set only."""
+        if not self.loaded.is_set():
+            raise RequestError(503, "the models are still loading; retry when /readyz answers 200")
         if name is None or name == "":
             return self.variants[self.default_variant]
         if not isinstance(name, str) or name not in self.variants:
@@ -117,9 +141,8 @@ class Slimserve:
         return await self._run_model(variant, batch)
 
     def _batch_callback(self, name: str):
-        variant = self.variants[name]
-
         async def run(items: tuple[np.ndarray, ...]) -> list[tuple[np.ndarray, int]]:
+            variant = self.variants[name]
             batch = items[0] if len(items) == 1 else np.concatenate(items)
             batch_size.labels(variant=name).observe(len(batch))
             logits = await self._run_model(variant, batch)

@@ -11,10 +11,12 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import bentoml
 from PIL import Image
 
+from service.canary import check_canary, run_canary
 from service.config import BACKENDS, ServeConfig
 from service.preprocess import Preprocessor, open_image
 from slimserve.errors import SlimserveError
@@ -23,7 +25,6 @@ from slimserve.runtime import Runner, RuntimeOptions, open_runner
 from slimserve.store_names import BUNDLE_LABEL, VARIANT_LABEL, is_bundle_model
 
 logger = logging.getLogger("slimserve.service")
-WARMUP_RUNS = 3
 
 
 def bundle_models() -> list[bentoml.Model]:
@@ -83,6 +84,7 @@ class LoadedVariant:
     preprocessor: Preprocessor
     backend: Runner
     load_seconds: float
+    canary: dict[str, Any]  # the start-up canary's outcome on this machine (service.canary)
 
     @property
     def classes(self) -> list[str]:
@@ -96,12 +98,13 @@ class LoadedVariant:
             "tag": self.tag,
             **self.backend.describe(),
             "load_seconds": round(self.load_seconds, 3),
+            "canary": self.canary,
             "manifest": self.manifest.data,
         }
 
 
 def load_variant(name: str, tag: str, model_dir: Path, config: ServeConfig) -> LoadedVariant:
-    """Read the manifest, verify the file's sha256, create and warm up the backend."""
+    """Read the manifest, verify the file's sha256, create and warm up the backend, run the canary."""
     start = time.perf_counter()
     manifest = read_manifest(model_dir)
     variant = manifest.variant(name)
@@ -124,11 +127,13 @@ def load_variant(name: str, tag: str, model_dir: Path, config: ServeConfig) -> L
     sample = io.BytesIO()
     Image.new(spec.pil_mode, (spec.width, spec.height)).save(sample, format="PNG")
     batch = preprocessor.batch([open_image(sample.getvalue(), config.max_pixels)])
-    for _ in range(WARMUP_RUNS):
+    for _ in range(config.warmup_runs):
         logits = backend.run(batch)
     if logits.shape != (1, len(manifest.classes)):
         raise SlimserveError(
             f"{tag}: model output shape {tuple(logits.shape)} does not match "
             f"{len(manifest.classes)} classes in the manifest"
         )
-    return LoadedVariant(name, tag, manifest, preprocessor, backend, time.perf_counter() - start)
+    canary = run_canary(backend, manifest, model_dir)
+    check_canary(canary, tag, config.strict)
+    return LoadedVariant(name, tag, manifest, preprocessor, backend, time.perf_counter() - start, canary)

@@ -1,0 +1,118 @@
+"""Bounds on connections that BentoML leaves to uvicorn and does not expose: a deadline and
+a size limit for the request head, and a cap on open connections per worker.
+
+BentoML 1.4 builds ``uvicorn.Config`` itself in each worker (``_bentoml_impl/worker/service.py``)
+and passes on only ``backlog``, ``timeout_keep_alive`` and ``timeout_graceful_shutdown``.
+uvicorn has no header timeout at all: a client that sends its request line and headers one
+byte a second keeps its connection (and a file descriptor) for ever, because the keep-alive
+timer is cancelled by the first byte and nothing else is armed; httptools' parser does not
+bound the size of the head either; and ``limit_concurrency`` is not reachable through
+BentoML. None of this can be done in ASGI middleware: the app only sees a request once its
+head is complete.
+
+The least invasive seam: the worker imports this service (and so this module) before it
+builds ``uvicorn.Config``, and ``Config.load`` resolves the protocol class by name from
+``uvicorn.config.HTTP_PROTOCOLS`` only then. ``install`` points the ``auto`` and
+``httptools`` names at ``GuardedHttpProtocol``, uvicorn's own httptools protocol (the one
+``auto`` picks, httptools being a dependency) with three additions; everything else,
+keep-alive, pipelining, graceful shutdown, is uvicorn's code unchanged.
+"""
+
+import asyncio
+import json
+import logging
+from typing import ClassVar
+
+import uvicorn.config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+logger = logging.getLogger("slimserve.service")
+PROTOCOL_PATH = f"{__name__}:GuardedHttpProtocol"
+REASONS = {408: "Request Timeout", 431: "Request Header Fields Too Large", 503: "Service Unavailable"}
+
+
+def _raw_response(status: int, message: str) -> bytes:
+    """A complete HTTP/1.1 answer written straight to the socket: there is no request
+    (yet) for uvicorn's ASGI cycle to answer, so this is the only way to say why."""
+    body = json.dumps({"error": message}).encode()
+    head = (
+        f"HTTP/1.1 {status} {REASONS[status]}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class GuardedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a request-head deadline, a head size limit and a
+    connection cap. Settings are class attributes, set once per worker by ``install``."""
+
+    header_timeout_s: ClassVar[float] = 10.0
+    max_header_bytes: ClassVar[int] = 64 * 1024
+    max_connections: ClassVar[int] = 1024
+
+    _head_timer: asyncio.TimerHandle | None = None
+    _head_bytes = 0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.max_connections:
+            logger.warning("refused a connection: %d open, the limit is %d", len(self.connections) - 1,
+                           self.max_connections)  # fmt: skip
+            self._refuse(503, f"too many open connections: the limit is {self.max_connections} per worker")
+            return
+        self._arm_head_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_deadline()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._head_timer is None or self.transport.is_closing():
+            return  # the head is complete (or the connection is already being closed)
+        self._head_bytes += len(data)
+        if self._head_bytes > self.max_header_bytes:
+            self._refuse(431, f"request head larger than {self.max_header_bytes} bytes")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._head_timer is None:  # a new request on a kept-alive connection: its own deadline
+            self._arm_head_deadline()
+
+    def on_headers_complete(self) -> None:
+        self._cancel_head_deadline()
+        super().on_headers_complete()
+
+    def _arm_head_deadline(self) -> None:
+        self._head_bytes = 0
+        self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timed_out)
+
+    def _cancel_head_deadline(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A pipelined head trickles in behind a response still being sent: let that
+            # response finish, then uvicorn closes the connection instead of reading on.
+            self.cycle.keep_alive = False
+            return
+        self._refuse(408, f"request head not received within {self.header_timeout_s:g} s")
+
+    def _refuse(self, status: int, message: str) -> None:
+        self._cancel_head_deadline()
+        self.transport.write(_raw_response(status, message))
+        self.transport.close()
+
+
+def install(header_timeout_s: float, max_header_bytes: int, max_connections: int) -> None:
+    """Make uvicorn, when BentoML's worker configures it next, use ``GuardedHttpProtocol``."""
+    GuardedHttpProtocol.header_timeout_s = header_timeout_s
+    GuardedHttpProtocol.max_header_bytes = max_header_bytes
+    GuardedHttpProtocol.max_connections = max_connections
+    for name in ("auto", "httptools"):
+        uvicorn.config.HTTP_PROTOCOLS[name] = PROTOCOL_PATH
