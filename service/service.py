@@ -24,6 +24,7 @@ from service.errors import RequestError
 from service.http import ROUTES, JsonRoutingErrors, build_app
 from service.limits import clip
 from service.metrics import batch_size, inference_seconds
+from service.openapi import publish
 from service.preprocess import open_images
 from service.prometheus import bound_http_metric_paths, use_own_multiprocess_dir
 from service.store import LoadedVariant, load_variant, resolve_tags
@@ -32,9 +33,13 @@ logger = logging.getLogger("slimserve.service")
 CONFIG = ServeConfig.from_env()
 TAGS = resolve_tags(CONFIG)
 # BentoML's own routes plus ours: the only values the HTTP metrics' path label may take.
-KNOWN_PATHS = frozenset(("/", "/docs.json", "/metrics", "/livez", "/readyz", "/healthz", *ROUTES))
+KNOWN_PATHS = frozenset(
+    ("/", "/docs.json", "/schema.json", "/metrics", "/livez", "/readyz", "/healthz", *ROUTES)
+)
 bound_http_metric_paths(KNOWN_PATHS)
 use_own_multiprocess_dir()
+# /docs.json (Swagger UI at /) and /schema.json (BentoML's clients) describe our routes too.
+publish(list(TAGS), CONFIG)
 # Below these costs a thread hop (~50-100 us) costs more than the work it would move off
 # the event loop, so small images are decoded and fast models run in place.
 INLINE_PIXELS = 256 * 256
