@@ -3,6 +3,7 @@ batches give the same answer as curl; refusals arrive as BentoML's exceptions wi
 service's status and JSON message."""
 
 import asyncio
+import io
 import json
 import subprocess
 from pathlib import Path
@@ -51,6 +52,10 @@ def test_path_str_and_pil_image_give_curls_answer(served, client, pngs):
     assert client.predict(pngs[0])["predictions"] == expected  # positional, like a Python call
     assert client.predict(image=str(pngs[0]))["predictions"] == expected
     with Image.open(pngs[0]) as image:
+        assert client.predict(image=image)["predictions"] == expected
+    # BentoML's client uploads a PIL image from the file it was opened from (Image.fp): an
+    # image decoded from bytes in memory works too, an Image.new() one has no file to send.
+    with Image.open(io.BytesIO(pngs[0].read_bytes())) as image:
         assert client.predict(image=image)["predictions"] == expected
     assert client.predict_unbatched(image=pngs[0])["predictions"] == expected
 
