@@ -156,10 +156,8 @@ def _option_schemas(variants: list[str], config: ServeConfig) -> dict[str, dict[
     }
 
 
-def _prediction_operation(
-    name: str, summary: str, many: bool, variants: list[str], config: ServeConfig
-) -> dict[str, Any]:
-    options = _option_schemas(variants, config)
+def _request_body(many: bool, options: dict[str, Any], config: ServeConfig) -> dict[str, Any]:
+    """The three ways to send images: multipart files, base64 in JSON, one raw image body."""
     binary = {"type": "string", "format": "binary"}
     base64 = {
         "type": "string",
@@ -167,33 +165,50 @@ def _prediction_operation(
         "description": "base64, or a data: URL; line breaks allowed",
     }
     if many:
-        files = {
-            "images": {"type": "array", "items": binary, "minItems": 1, "maxItems": config.max_batch_images}
-        }
-        json_images = {
-            "images": {"type": "array", "items": base64, "minItems": 1, "maxItems": config.max_batch_images}
-        }
+        bounds = {"minItems": 1, "maxItems": config.max_batch_images}
+        files = {"images": {"type": "array", "items": binary, **bounds}}
+        encoded = {"images": {"type": "array", "items": base64, **bounds}}
     else:
-        files = {"image": binary}
-        json_images = {"image": base64}
-    file_field = next(iter(files))
+        files, encoded = {"image": binary}, {"image": base64}
+    required = list(files)
     content: dict[str, Any] = {
         "multipart/form-data": {
-            "schema": {"type": "object", "required": [file_field], "properties": {**files, **options}},
+            "schema": {"type": "object", "required": required, "properties": {**files, **options}}
         },
         "application/json": {
-            "schema": {"type": "object", "required": [file_field], "properties": {**json_images, **options}},
+            "schema": {"type": "object", "required": required, "properties": {**encoded, **options}}
         },
     }
     if not many:
-        for media_type in IMAGE_TYPES:
-            content[media_type] = {"schema": binary}
+        content.update({media_type: {"schema": binary} for media_type in IMAGE_TYPES})
+    return {"required": True, "content": content}
+
+
+def _responses(success: str) -> dict[str, Any]:
+    return {
+        "200": {
+            "description": "the most probable classes",
+            "content": {"application/json": {"schema": _ref(success)}},
+        },
+        "400": _error("unreadable image, bad base64, bad JSON, bad option or an empty batch"),
+        "404": _error("unknown variant"),
+        "408": _error("the request body stopped arriving"),
+        "413": _error("body, image, request pixels or image count over its limit"),
+        "415": _error("unsupported content type"),
+        "500": _error("a fault of the service; the message carries a request id"),
+        "503": _error("overloaded (the batching deadline would pass) or the model failed"),
+    }
+
+
+def _prediction_operation(
+    name: str, summary: str, many: bool, variants: list[str], config: ServeConfig
+) -> dict[str, Any]:
+    options = _option_schemas(variants, config)
     limits = (
         f"Limits: {config.max_body_bytes} bytes per body, {config.max_pixels} pixels per image, "
         f"{config.max_request_pixels} pixels per request"
         + (f", {config.max_batch_images} images per batch." if many else ".")
     )
-    success = "BatchPrediction" if many else "Prediction"
     return {
         "post": {
             "tags": [TAG],
@@ -208,20 +223,8 @@ def _prediction_operation(
                 {"name": key, "in": "query", "required": False, "schema": schema}
                 for key, schema in options.items()
             ],
-            "requestBody": {"required": True, "content": content},
-            "responses": {
-                "200": {
-                    "description": "the most probable classes",
-                    "content": {"application/json": {"schema": _ref(success)}},
-                },
-                "400": _error("unreadable image, bad base64, bad JSON, bad option or an empty batch"),
-                "404": _error("unknown variant"),
-                "408": _error("the request body stopped arriving"),
-                "413": _error("body, image, request pixels or image count over its limit"),
-                "415": _error("unsupported content type"),
-                "500": _error("a fault of the service; the message carries a request id"),
-                "503": _error("overloaded (the batching deadline would pass) or the model failed"),
-            },
+            "requestBody": _request_body(many, options, config),
+            "responses": _responses("BatchPrediction" if many else "Prediction"),
         }
     }
 
