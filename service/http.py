@@ -8,6 +8,7 @@ as ``{"error": "..."}`` with the status that names the problem.
 
 import base64
 import binascii
+import json
 import logging
 import sys
 import time
@@ -56,6 +57,24 @@ def _b64(value: Any, where: str) -> bytes:
         raise RequestError(400, f"{where} is not valid base64") from None
 
 
+def form_value(value: str) -> str:
+    """A form field as sent, or the string inside when it is a JSON string literal.
+
+    BentoML's HTTP client JSON-encodes every non-file form field (``variant="fp32"``
+    arrives as ``"fp32"`` with the quotes); BentoML's own servers decode them the same way.
+    Only string literals are decoded: ``top_k=3`` reads the same either way, and
+    ``variant=null`` stays a (wrong) name instead of silently meaning the default.
+    """
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        try:
+            decoded = json.loads(value)
+        except ValueError:
+            return value
+        if isinstance(decoded, str):
+            return decoded
+    return value
+
+
 OPTIONS = ("variant", "top_k")
 ROUTES = ("/predict", "/predict/unbatched", "/predict/batch", "/models")
 ROUTES_TEXT = "POST /predict, /predict/unbatched, /predict/batch; GET /models"
@@ -77,7 +96,7 @@ async def read_payloads(
             raise RequestError(status, f"multipart form rejected: {detail}") from None
         try:
             uploads = [value for _, value in form.multi_items() if not isinstance(value, str)]
-            options.update({k: v for k, v in form.multi_items() if isinstance(v, str)})
+            options.update({k: form_value(v) for k, v in form.multi_items() if isinstance(v, str)})
             payloads = [await upload.read() for upload in uploads]
         finally:
             await form.close()

@@ -26,18 +26,24 @@ from service.errors import RequestError
 from service.http import ROUTES, JsonRoutingErrors, build_app
 from service.limits import clip
 from service.metrics import batch_size, inference_seconds
+from service.openapi import publish
 from service.preprocess import open_images
 from service.prometheus import bound_http_metric_paths, use_own_multiprocess_dir
 from service.store import LoadedVariant, load_variant, resolve_tags
+from service.upload_page import UI_PATHS, build_ui_app
 
 logger = logging.getLogger("slimserve.service")
 CONFIG = ServeConfig.from_env()
 TAGS = resolve_tags(CONFIG)
 # BentoML's own routes plus ours: the only values the HTTP metrics' path label may take.
-KNOWN_PATHS = frozenset(("/", "/docs.json", "/metrics", "/livez", "/readyz", "/healthz", *ROUTES))
+KNOWN_PATHS = frozenset(
+    ("/", "/docs.json", "/schema.json", "/metrics", "/livez", "/readyz", "/healthz", *ROUTES, *UI_PATHS)
+)
 bound_http_metric_paths(KNOWN_PATHS)
 use_own_multiprocess_dir()
 connections.install(CONFIG.header_timeout_s, CONFIG.max_header_bytes, CONFIG.max_connections)
+# /docs.json (Swagger UI at /) and /schema.json (BentoML's clients) describe our routes too.
+publish(list(TAGS), CONFIG)
 # Below these costs a thread hop (~50-100 us) costs more than the work it would move off
 # the event loop, so small images are decoded and fast models run in place.
 INLINE_PIXELS = 256 * 256
@@ -189,4 +195,5 @@ Slimserve = bentoml.service(
     # (sample rate 0); skipping them on the hot routes saves ~0.2 ms per request.
     tracing={} if CONFIG.tracing else {"excluded_urls": "/predict,/models"},
 )(bentoml.asgi_app(build_app(CONFIG), path="/")(Slimserve))
+Slimserve.mount_asgi_app(build_ui_app(), path="/", name="upload_page")
 Slimserve.add_asgi_middleware(JsonRoutingErrors)
