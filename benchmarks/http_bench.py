@@ -324,7 +324,8 @@ def served_variant(url: str, variant: str | None) -> tuple[dict[str, Any], dict[
     if described is None:
         known = ", ".join(v["variant"] for v in models["variants"])
         raise SlimserveError(f"the service does not serve variant {variant!r}; it serves {known}")
-    return models, described
+    # /models lists the bundle's manifest once for all its variants.
+    return models, described | {"manifest": models["manifest"]}
 
 
 def _local_bundle(settings: HttpBenchSettings, described: dict[str, Any], backend_kind: str) -> Path | None:

@@ -227,7 +227,7 @@ def test_bento_serves_from_a_fresh_store_without_the_checkout(bento_bundle, samp
     )
     assert where.returncode == 0, where.stderr[-3000:]
     files = json.loads(where.stdout.strip().splitlines()[-1])
-    assert any(f.endswith("slimserve/allocator.py") for f in files), files
+    assert any(f.endswith("slimserve/runtime/__init__.py") for f in files), files
     assert all(Path(f).is_relative_to(deployed / "src") for f in files), files
 
     port = free_port()
