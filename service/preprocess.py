@@ -2,8 +2,9 @@
 
 This is the serving twin of ``training.transforms.eval_transform``; a test holds the two
 equal on real images. Both follow ``PreprocessSpec``: colour mode via the shared
-``slimserve.imaging.to_spec_mode``, Pillow resize with the spec's filter (what
-torchvision does for PIL images), then scale and normalize in float32.
+``slimserve.imaging.to_spec_mode``, resize (and center crop) via
+``slimserve.imaging.resize_to_spec`` (what torchvision does for PIL images), then scale
+and normalize in float32. Large JPEGs are decoded at reduced scale (``draft_for``).
 """
 
 import io
@@ -13,17 +14,12 @@ import numpy as np
 from PIL import Image
 
 from service.errors import RequestError
-from slimserve.imaging import to_spec_mode
+from slimserve.imaging import draft_for, resize_to_spec, to_spec_mode
 from slimserve.spec import PreprocessSpec
 
 # Pillow plugin names; only these decoders ever see request bytes.
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
 ALLOWED_TEXT = "PNG, JPEG, WebP, BMP or GIF"
-RESAMPLE = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-}
 
 
 def open_image(data: bytes, max_pixels: int) -> Image.Image:
@@ -72,8 +68,6 @@ class Preprocessor:
 
     def __init__(self, spec: PreprocessSpec) -> None:
         self.spec = spec
-        self.size = (spec.width, spec.height)
-        self.resample = RESAMPLE[spec.interpolation]
         levels = np.arange(256, dtype=np.float32) * np.float32(1.0 / 255.0)
         mean = np.asarray(spec.mean, dtype=np.float32)[:, None]
         std = np.asarray(spec.std, dtype=np.float32)[:, None]
@@ -81,9 +75,7 @@ class Preprocessor:
 
     def pixels(self, image: Image.Image) -> np.ndarray:
         """uint8 (C, H, W) in the spec's mode and size."""
-        image = to_spec_mode(image, self.spec)
-        if image.size != self.size:
-            image = image.resize(self.size, self.resample)
+        image = resize_to_spec(to_spec_mode(image, self.spec), self.spec)
         array = np.asarray(image)
         return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
@@ -101,5 +93,5 @@ class Preprocessor:
 
     def batch(self, images: list[Image.Image]) -> np.ndarray:
         """Opened images -> float32 (N, C, H, W); decoding errors surface as 400s."""
-        pixels = np.stack([self.pixels(load_image(image)) for image in images])
+        pixels = np.stack([self.pixels(load_image(draft_for(image, self.spec))) for image in images])
         return self.normalize(pixels)
