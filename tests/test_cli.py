@@ -30,7 +30,7 @@ def test_each_subcommand_explains_itself(command):
 @pytest.mark.parametrize(
     "args,expected",
     [
-        (("train", "--model", "vgg"), "invalid choice: 'vgg'"),
+        (("train", "--model", "vgg"), "unknown model 'vgg'"),
         (("train", "--epochs", "-3"), "must be at least 1, got -3"),
         (("train", "--epochs", "ten"), "expected a whole number"),
         (("train", "--dataset", "imagenet", "--limit", "20"), "unknown dataset 'imagenet'"),

