@@ -362,3 +362,19 @@ def load_data(
             interpolation,
         )
     raise SlimserveError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+
+
+def load_data_for_spec(name: str, spec: PreprocessSpec, *, val_fraction: float, seed: int) -> LoadedData:
+    """A checkpoint's dataset decoded for its spec (size, crop, filter, normalization), so a
+    folder dataset is read exactly as it was in training (same reduced JPEG decode, no
+    statistics recomputed)."""
+    return load_data(
+        name,
+        image_size=spec.height,
+        channels=spec.channels,
+        val_fraction=val_fraction,
+        seed=seed,
+        resize_shorter=spec.resize_shorter,
+        mean_std=(spec.mean, spec.std),
+        interpolation=spec.interpolation,
+    )

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from slimserve.console import cli_console
 from training.checkpoint import load_checkpoint
-from training.datasets import limit_dataset, load_data
+from training.datasets import limit_dataset, load_data_for_spec
 from training.tensors import materialize
 from training.train import evaluate_model, resolve_device
 
@@ -67,10 +67,9 @@ def evaluate_checkpoint(
     checkpoint = load_checkpoint(run_dir)
     meta = checkpoint.metadata
     config = meta.get("train_config", {})
-    data = load_data(
+    data = load_data_for_spec(
         meta["dataset"],
-        image_size=checkpoint.spec.height,
-        channels=checkpoint.spec.channels,
+        checkpoint.spec,
         val_fraction=config.get("val_fraction", 0.2),
         seed=config.get("seed", 0),
     )

@@ -474,14 +474,7 @@ def train(
         session.scheduler.load_state_dict(state["scheduler"])
         start_epoch, history, elapsed = state["epoch"], state["history"], state["seconds"]
         console.print(f"Resuming {run_dir} from epoch {start_epoch}")
-    console.print(
-        f"Training [bold]{config.model}[/] on [bold]{data.name}[/] "
-        f"({len(session.train_set)} train / {len(session.test_set)} test images"
-        + (f", {describe(config)}" if config.is_backbone else "")
-        + f") on {device.type}"
-        + (f" with {str(amp_dtype).removeprefix('torch.')} mixed precision" if amp_dtype else "")
-        + f", {torch.get_num_threads()} threads, seed {config.seed}"
-    )
+    _announce(console, config, data, session, device, amp_dtype)
     table = Table("epoch", "train loss", "train acc", "test acc", "img/s", "time", title=str(run_dir))
     with _progress(console) as progress:
         for epoch in range(start_epoch, config.epochs):
@@ -514,18 +507,7 @@ def train(
                 **({"distillation": distillation.to_metadata()} if distillation else {}),
             }
             save_checkpoint(run_dir, model, _metadata(config, data, weights, session, extra))
-            _save_state(
-                run_dir,
-                {
-                    "config": config.to_dict(),
-                    "epoch": epoch + 1,
-                    "model": model.state_dict(),
-                    "optimizer": session.plan.optimizer.state_dict(),
-                    "scheduler": session.scheduler.state_dict(),
-                    "history": history,
-                    "seconds": elapsed,
-                },
-            )
+            _save_state(run_dir, _resume_state(config, model, session, history, elapsed))
     console.print(table)
     accuracy = history[-1]["test_accuracy"]
     console.print(
@@ -534,6 +516,39 @@ def train(
         f"checkpoint: {run_dir / METADATA_FILE}"
     )
     return TrainResult(run_dir=run_dir, accuracy=accuracy, epochs=config.epochs, seconds=elapsed)
+
+
+def _announce(
+    console: Console,
+    config: TrainConfig,
+    data: LoadedData,
+    session: Session,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+) -> None:
+    console.print(
+        f"Training [bold]{config.model}[/] on [bold]{data.name}[/] "
+        f"({len(session.train_set)} train / {len(session.test_set)} test images"
+        + (f", {describe(config)}" if config.is_backbone else "")
+        + f") on {device.type}"
+        + (f" with {str(amp_dtype).removeprefix('torch.')} mixed precision" if amp_dtype else "")
+        + f", {torch.get_num_threads()} threads, seed {config.seed}"
+    )
+
+
+def _resume_state(
+    config: TrainConfig, model: nn.Module, session: Session, history: list[dict], elapsed: float
+) -> dict[str, Any]:
+    """What ``--resume`` needs to replay the rest of the run exactly."""
+    return {
+        "config": config.to_dict(),
+        "epoch": history[-1]["epoch"],
+        "model": model.state_dict(),
+        "optimizer": session.plan.optimizer.state_dict(),
+        "scheduler": session.scheduler.state_dict(),
+        "history": history,
+        "seconds": elapsed,
+    }
 
 
 def _report_epoch(
