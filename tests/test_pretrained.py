@@ -84,7 +84,8 @@ class _Payload:
 
 
 @pytest.mark.parametrize("kind", ["pickle-with-code", "garbage", "missing"])
-def test_unsafe_or_unreadable_files_are_refused(tmp_path, kind):
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
+def test_unsafe_or_unreadable_files_are_refused(tmp_path, kind, capsys):
     path = tmp_path / "weights.pt"
     if kind == "pickle-with-code":
         path.write_bytes(pickle.dumps({"conv.weight": _Payload()}))
@@ -93,6 +94,7 @@ def test_unsafe_or_unreadable_files_are_refused(tmp_path, kind):
     with pytest.raises(SlimserveError) as caught:
         pretrained.load_pretrained("tv:resnet18", str(path))
     assert "\n" not in str(caught.value)
+    assert "pickle code ran" not in capsys.readouterr().out  # weights_only never ran the payload
 
 
 def test_missing_imagenet_weights_name_the_fix(tmp_path, monkeypatch):

@@ -32,7 +32,7 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         "--augment",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="random crop and (where labels allow) horizontal flip",
+        help="random crop (photo models: RandomResizedCrop) and, where labels allow, horizontal flip",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--limit", type=positive_int, help="use at most N train and N test images")
@@ -58,7 +58,7 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         "--resize-shorter",
         type=positive_int,
         help="folder datasets: resize the shorter side to this, then centre-crop --image-size "
-        "(default: off; 256 for timm/torchvision models, or what --weights expect)",
+        "(default: off; 256 for timm/torchvision models)",
     )
     parser.add_argument("--channels", type=int, choices=[1, 3], default=3, help="folder datasets: channels")
     parser.add_argument("--val-fraction", type=float, default=0.2, help="folder datasets: validation share")
