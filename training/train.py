@@ -467,7 +467,9 @@ def train(
             raise SlimserveError(f"{run_dir} already finished all {config.epochs} epochs; nothing to resume")
         model.load_state_dict(state["model"])
     generator = torch.Generator()
+    prepare_started = time.perf_counter()  # decoding photos, and for a frozen backbone its features
     session = _session(config, model, data, device, amp_dtype, distillation, generator)
+    prepare_seconds = round(time.perf_counter() - prepare_started, 1)
     start_epoch, history, elapsed = 0, [], 0.0
     if state is not None:
         session.plan.optimizer.load_state_dict(state["optimizer"])
@@ -502,6 +504,7 @@ def train(
                 "epoch": epoch + 1,
                 "epochs": config.epochs,
                 "train_seconds": round(elapsed, 1),
+                "prepare_seconds": prepare_seconds,
                 "device": device.type,
                 "amp": str(amp_dtype).removeprefix("torch.") if amp_dtype else None,
                 **({"distillation": distillation.to_metadata()} if distillation else {}),
