@@ -30,6 +30,7 @@ from export.variants import BUILDERS, STUDENT_VARIANTS
 from slimserve.console import cli_console
 from slimserve.errors import SlimserveError
 from slimserve.manifest import SCHEMA_VERSION, Manifest, check_name, read_manifest, write_manifest
+from slimserve.naming import dataset_slug, model_slug
 from slimserve.runtime import eager_runner
 from slimserve.versions import installed_versions
 from training.checkpoint import Checkpoint, library_versions, load_checkpoint
@@ -40,8 +41,8 @@ DEFAULT_OUT = Path("bundles")
 
 
 def default_bundle_name(metadata: dict[str, Any]) -> str:
-    """``{arch}-{dataset}``, made safe for paths and BentoML tags."""
-    raw = f"{metadata['arch']}-{metadata['dataset']}".lower()
+    """``{arch}-{dataset}`` (``naming.model_slug``/``dataset_slug``), made safe for paths and BentoML tags."""
+    raw = f"{model_slug(metadata['arch'])}-{dataset_slug(metadata['dataset'])}".lower()
     cleaned = "".join(c if c.isalnum() or c in "-_." else "-" for c in raw).strip("-_.")
     return check_name("bundle", cleaned[:63])
 

@@ -30,7 +30,7 @@ from slimserve.errors import SlimserveError
 from training.datasets import LoadedData
 from training.distillation import Distillation
 from training.tensors import ImageTensors
-from training.train import resolve_amp_dtype, train_epoch
+from training.train import EpochPlan, resolve_amp_dtype, train_epoch
 from training.transforms import normalize_transform, random_crop_flip
 
 # Channels are removed in small steps until the MAC target is met; 2% of each layer's
@@ -228,9 +228,7 @@ def fine_tune(
         for epoch in range(epochs):
             torch.manual_seed(seed * 100_003 + epoch)
             generator.manual_seed(seed * 100_003 + epoch)
-            train_epoch(
-                model,
-                train_set,
+            plan = EpochPlan(
                 loss_fn=loss_fn,
                 optimizer=optimizer,
                 scheduler=scheduler,
@@ -239,11 +237,15 @@ def fine_tune(
                     random_crop_flip, padding=data.crop_padding, hflip=data.hflip, generator=generator
                 ),
                 batch_size=FINETUNE_BATCH,
-                generator=generator,
                 device=device,
                 channels_last=channels_last,
                 autocast=torch.autocast("cpu", dtype=amp_dtype) if amp_dtype else nullcontext(),
-                scaler=torch.amp.GradScaler(enabled=False),
+            )
+            train_epoch(
+                model,
+                train_set,
+                plan,
+                generator=generator,
                 progress=progress,
                 description=f"fine-tune {epoch + 1}/{epochs}",
             )

@@ -2,8 +2,9 @@
 
 This is the serving twin of ``training.transforms.eval_transform``; a test holds the two
 equal on real images. Both follow ``PreprocessSpec``: colour mode via the shared
-``slimserve.imaging.to_spec_mode``, Pillow resize with the spec's filter (what
-torchvision does for PIL images), then scale and normalize in float32.
+``slimserve.imaging.to_spec_mode``, resize (and center crop) via
+``slimserve.imaging.resize_to_spec`` (what torchvision does for PIL images), then scale
+and normalize in float32. Large JPEGs are decoded at reduced scale (``draft_for``).
 """
 
 import io
@@ -13,17 +14,12 @@ import numpy as np
 from PIL import Image
 
 from service.errors import RequestError
-from slimserve.imaging import to_spec_mode
+from slimserve.imaging import draft_for, resize_to_spec, to_spec_mode
 from slimserve.spec import PreprocessSpec
 
 # Pillow plugin names; only these decoders ever see request bytes.
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
 ALLOWED_TEXT = "PNG, JPEG, WebP, BMP or GIF"
-RESAMPLE = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-}
 
 
 def open_image(data: bytes, max_pixels: int) -> Image.Image:
@@ -90,8 +86,6 @@ class Preprocessor:
 
     def __init__(self, spec: PreprocessSpec) -> None:
         self.spec = spec
-        self.size = (spec.width, spec.height)
-        self.resample = RESAMPLE[spec.interpolation]
         levels = np.arange(256, dtype=np.float32) * np.float32(1.0 / 255.0)
         mean = np.asarray(spec.mean, dtype=np.float32)[:, None]
         std = np.asarray(spec.std, dtype=np.float32)[:, None]
@@ -99,9 +93,7 @@ class Preprocessor:
 
     def pixels(self, image: Image.Image) -> np.ndarray:
         """uint8 (C, H, W) in the spec's mode and size."""
-        image = to_spec_mode(image, self.spec)
-        if image.size != self.size:
-            image = image.resize(self.size, self.resample)
+        image = resize_to_spec(to_spec_mode(image, self.spec), self.spec)
         array = np.asarray(image)
         return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
@@ -118,21 +110,18 @@ class Preprocessor:
         return self.normalize(self.pixels(image)[None])
 
     def batch(self, images: list[Image.Image]) -> np.ndarray:
-        """Opened images -> float32 (N, C, H, W); decoding errors surface as 400s."""
-        pixels = np.stack([self.pixels(load_image(image)) for image in images])
-        return self.normalize(pixels)
-
-    def request_batch(self, images: list[Image.Image]) -> np.ndarray:
         """A request's opened images -> float32 (N, C, H, W), decoding one image at a time.
 
-        Each image is decoded, brought to the spec's size and closed before the next is
-        decoded, so a request holds at most one full-size image at once (plus the small
-        model-sized arrays), whatever its count. The images are closed either way.
+        Each image is decoded (a large JPEG at reduced size, ``draft_for``), brought to the
+        spec's size and closed before the next is decoded, so a request holds at most one
+        full-size image at once (plus the small model-sized arrays), whatever its count.
+        The images are closed either way; decoding errors surface as 400s.
         """
+        spec = self.spec
         try:
-            pixels = np.empty((len(images), self.spec.channels, self.size[1], self.size[0]), dtype=np.uint8)
+            pixels = np.empty((len(images), spec.channels, spec.height, spec.width), dtype=np.uint8)
             for index, image in enumerate(images):
-                pixels[index] = self.pixels(load_image(image))
+                pixels[index] = self.pixels(load_image(draft_for(image, spec)))
                 image.close()
         finally:
             for image in images:

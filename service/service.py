@@ -122,8 +122,8 @@ class Slimserve:
     async def preprocess(self, variant: LoadedVariant, payloads: list[bytes]) -> np.ndarray:
         images = open_images(payloads, self.config.max_pixels, self.config.max_request_pixels)
         if sum(i.width * i.height for i in images) <= INLINE_PIXELS:
-            return variant.preprocessor.request_batch(images)
-        return await anyio.to_thread.run_sync(variant.preprocessor.request_batch, images)
+            return variant.preprocessor.batch(images)
+        return await anyio.to_thread.run_sync(variant.preprocessor.batch, images)
 
     async def _run_model(self, variant: LoadedVariant, batch: np.ndarray) -> np.ndarray:
         try:

@@ -145,7 +145,7 @@ def test_demo_budget_with_fewer_images_than_the_floor():
 @pytest.mark.parametrize(
     "args,expected",
     [
-        (("train", "--model", "vgg"), "invalid choice: 'vgg'"),
+        (("train", "--model", "vgg"), "unknown model 'vgg'"),
         (("train", "--epochs", "-3"), "must be at least 1, got -3"),
         (("train", "--epochs", "ten"), "expected a whole number"),
         (("train", "--dataset", "imagenet", "--limit", "20"), "unknown dataset 'imagenet'"),

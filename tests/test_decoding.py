@@ -176,7 +176,7 @@ def mutated(draw: st.DrawFn) -> bytes:
 def _check_decode(data: bytes, spec: PreprocessSpec) -> None:
     preprocessor = Preprocessor(spec)
     try:
-        batch = preprocessor.request_batch(open_images([data], 64 * 64, 64 * 64))
+        batch = preprocessor.batch(open_images([data], 64 * 64, 64 * 64))
     except RequestError as exc:
         assert exc.status in (400, 413) and exc.message
         return

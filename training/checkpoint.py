@@ -58,11 +58,22 @@ class Checkpoint:
         return list(self.metadata["classes"])
 
 
-def library_versions() -> dict[str, str]:
+def _timm_version() -> str | None:
+    """timm's version if it is installed (it is a dependency, but only backbones import it)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("timm")
+    except PackageNotFoundError:
+        return None
+
+
+def library_versions() -> dict[str, str | None]:
     return {
         "slimserve": slimserve.__version__,
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
+        "timm": _timm_version(),
         "python": platform.python_version(),
     }
 

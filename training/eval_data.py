@@ -15,7 +15,7 @@ import torch
 
 from slimserve.errors import SlimserveError
 from slimserve.spec import PreprocessSpec
-from training.datasets import LoadedData, limit_dataset, load_data
+from training.datasets import LoadedData, limit_dataset, load_data_for_spec
 from training.tensors import ImageTensors, materialize
 from training.transforms import normalize_transform
 
@@ -52,7 +52,10 @@ def run_data(metadata: dict[str, Any]) -> LoadedData:
             "held-out split cannot be rebuilt; evaluate with the run folder that trained the model"
         )
     spec = PreprocessSpec.from_dict(metadata["preprocess"])
-    return load_data(dataset, image_size=spec.height, channels=spec.channels, **split)
+    # The spec decides size, crop, filter and normalization, so photos are decoded as in training.
+    return load_data_for_spec(
+        dataset, spec, val_fraction=split.get("val_fraction", 0.2), seed=split.get("seed", 0)
+    )
 
 
 def evaluation_tensors(

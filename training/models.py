@@ -158,9 +158,18 @@ def build_model(
     input_size: tuple[int, int],
     **kwargs: Any,
 ) -> nn.Module:
-    """Build a registered architecture; unknown names and arguments are user errors."""
+    """Build a registered architecture, or a timm/torchvision one by name (see
+    ``training.backbones``); unknown names and arguments are user errors."""
     if arch not in MODELS:
-        raise SlimserveError(f"unknown model {arch!r}; choose from {', '.join(MODELS)}")
+        from training import backbones  # imports timm: only for the models that need it
+
+        backbone = backbones.resolve(arch)
+        if in_channels != 3:
+            raise SlimserveError(
+                f"{arch}: timm and torchvision backbones take 3-channel images; use --channels 3"
+            )
+        del input_size  # these networks pool globally
+        return backbones.create(backbone, num_classes, **kwargs)
     try:
         return MODELS[arch](in_channels, num_classes, tuple(input_size), **kwargs)
     except TypeError as exc:

@@ -11,12 +11,13 @@ start of every epoch, so a resumed run replays exactly what an uninterrupted one
 have done, and the same seed and settings on the same CPU give the same weights.
 """
 
+import dataclasses
 import functools
 import math
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +31,36 @@ from slimserve.console import cli_console
 from slimserve.errors import SlimserveError
 from slimserve.naming import default_run_dir
 from slimserve.spec import PreprocessSpec
+from training.backbones import get_head
 from training.checkpoint import METADATA_FILE, atomic_write, save_checkpoint
 from training.config import TrainConfig
 from training.datasets import LoadedData, limit_dataset, load_data
 from training.distillation import Distillation
 from training.models import build_model
+from training.pretrained import Weights
 from training.tensors import ImageTensors, batch_count, batches, materialize
-from training.transforms import normalize_transform, random_crop_flip
+from training.transfer import (
+    describe,
+    freeze_backbone,
+    frozen_train_mode,
+    head_inputs,
+    parameter_groups,
+    pretrained_model,
+    with_new_head,
+)
+from training.transforms import (
+    normalize_transform,
+    random_crop_flip,
+    random_resized_crop_flip,
+    train_base_spec,
+)
 
 STATE_FILE = "train_state.pt"
 EVAL_BATCH = 512
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (images, logits, labels)
+Normalize = Callable[[torch.Tensor], torch.Tensor]
+Augment = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -76,9 +97,60 @@ def _default_run_dir(config: TrainConfig) -> Path:
     return default_run_dir(config.model, config.dataset)
 
 
+def _open_run(
+    config: TrainConfig, run_dir: Path | None, resume: bool, overwrite: bool
+) -> tuple[TrainConfig, Path, dict[str, Any] | None]:
+    """The run's folder, and on ``resume`` its saved state and the config it was started with."""
+    run_dir = Path(run_dir) if run_dir else _default_run_dir(config)
+    state = _load_state(run_dir) if resume else None
+    if state is not None:
+        config = TrainConfig.from_dict(state["config"])
+    elif (run_dir / METADATA_FILE).exists() and not overwrite:
+        raise SlimserveError(
+            f"{run_dir} already holds a checkpoint; pass --resume to continue it, "
+            "--force to start over, or --out for a new folder"
+        )
+    return config, run_dir, state
+
+
+def _load_run_data(config: TrainConfig, weights: Weights | None) -> LoadedData:
+    """The dataset, normalized the way the pretrained weights expect when there are any."""
+    return load_data(
+        config.dataset,
+        download=config.download,
+        image_size=config.image_size,
+        channels=config.channels,
+        val_fraction=config.val_fraction,
+        seed=config.seed,
+        resize_shorter=config.resize_shorter,
+        mean_std=(weights.mean, weights.std) if weights else None,
+        interpolation=weights.interpolation if weights else "bilinear",
+    )
+
+
+def _build(config: TrainConfig, data: LoadedData, pretrained: nn.Module | None) -> nn.Module:
+    torch.manual_seed(config.seed)
+    if pretrained is not None:
+        model = with_new_head(pretrained, len(data.classes), config.seed)
+    else:
+        model = build_model(
+            config.model,
+            in_channels=data.spec.channels,
+            num_classes=len(data.classes),
+            input_size=(data.spec.height, data.spec.width),
+            **config.arch_kwargs,
+        )
+    if config.freeze == "backbone":
+        freeze_backbone(model)
+    return model
+
+
 def _prepare(config: TrainConfig, data: LoadedData) -> tuple[ImageTensors, ImageTensors]:
+    """uint8 tensors of both splits; photo training keeps a larger square to crop from."""
+    photo_augment = config.augment and data.spec.resize_shorter is not None
+    train_spec = train_base_spec(data.spec) if photo_augment else data.spec
     train = materialize(
-        limit_dataset(data.train, config.limit, config.seed), data.spec, "preparing train images"
+        limit_dataset(data.train, config.limit, config.seed), train_spec, "preparing train images"
     )
     test = materialize(
         limit_dataset(data.test, config.limit, config.seed), data.spec, "preparing test images"
@@ -86,17 +158,123 @@ def _prepare(config: TrainConfig, data: LoadedData) -> tuple[ImageTensors, Image
     return train, test
 
 
+def _print_skipped(console: Console, data: LoadedData) -> None:
+    if data.skipped:
+        console.print(f"Skipped {len(data.skipped)} files of {data.name}:")
+        for line in data.skipped[:20]:
+            console.print(f"  {line}", markup=False)
+        if len(data.skipped) > 20:
+            console.print(f"  ... and {len(data.skipped) - 20} more")
+
+
+def _augmentation(config: TrainConfig, data: LoadedData, generator: torch.Generator) -> Augment | None:
+    if not config.augment:
+        return None
+    if data.spec.resize_shorter is not None:
+        return functools.partial(
+            random_resized_crop_flip,
+            size=(data.spec.height, data.spec.width),
+            interpolation=data.spec.interpolation,
+            hflip=data.hflip,
+        )
+    return functools.partial(
+        random_crop_flip, padding=data.crop_padding, hflip=data.hflip, generator=generator
+    )
+
+
+def _loss(
+    config: TrainConfig, distillation: Distillation | None, device: torch.device, channels_last: bool
+) -> LossFn:
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    if distillation is None:
+        return lambda _images, logits, labels: criterion(logits, labels)
+    if config.freeze == "backbone":
+        raise SlimserveError("distillation trains the whole student; it cannot use --freeze backbone")
+    distillation.teacher.to(device).eval()  # nn.Module.to moves in place
+    if channels_last:
+        distillation.teacher.to(memory_format=torch.channels_last)
+    return functools.partial(distillation.loss, ce=criterion)  # type: ignore[return-value]
+
+
+@dataclass
+class Session:
+    """Everything the epochs share: what trains, on what, and the plan of one epoch."""
+
+    trained: nn.Module  # the whole model, or only its head on cached features
+    train_set: ImageTensors
+    test_set: ImageTensors
+    plan: "EpochPlan"
+    eval_normalize: Normalize
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+
+
+def _session(
+    config: TrainConfig,
+    model: nn.Module,
+    data: LoadedData,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    distillation: Distillation | None,
+    generator: torch.Generator,
+) -> Session:
+    channels_last = config.model != "mlp"
+    if channels_last:  # 2x faster convolutions on oneDNN and cuDNN
+        model.to(memory_format=torch.channels_last)
+    train_set, test_set = _prepare(config, data)
+    normalize = normalize_transform(data.spec)
+    optimizer = _optimizer(config, model)
+    steps = config.epochs * batch_count(train_set, config.batch_size, drop_last=True)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=steps, pct_start=0.15
+    )
+    plan = EpochPlan(
+        loss_fn=_loss(config, distillation, device, channels_last),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        normalize=normalize,
+        augment=_augmentation(config, data, generator),
+        batch_size=config.batch_size,
+        device=device,
+        channels_last=channels_last,
+        autocast=torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext(),
+        scaler=torch.amp.GradScaler(enabled=amp_dtype == torch.float16),
+        train_mode=frozen_train_mode if config.freeze == "backbone" else nn.Module.train,
+    )
+    if config.freeze == "backbone" and not config.augment:
+        # The frozen backbone maps each image to the same features every epoch: compute them
+        # once and let the epochs train the head alone (no autocast: the head is tiny).
+        head = get_head(model)
+        features = functools.partial(head_inputs, model, normalize=normalize, device=device)
+        plan = dataclasses.replace(
+            plan, normalize=_identity, channels_last=False, autocast=nullcontext(), train_mode=nn.Module.train
+        )
+        return Session(head, features(train_set), features(test_set), plan, _identity, scheduler)
+    return Session(model, train_set, test_set, plan, normalize, scheduler)
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
 def _optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    # No weight decay on BatchNorm and bias parameters: standard practice, ~0.2 points here.
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+    groups = parameter_groups(config, model)
     if config.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=config.lr)
     return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True)
+
+
+def _predict(
+    model: nn.Module, data: ImageTensors, normalize: Normalize, device: torch.device, channels_last: bool
+) -> torch.Tensor:
+    model.eval()
+    predictions = []
+    with torch.inference_mode():
+        for images, _ in batches(data, EVAL_BATCH):
+            images = normalize(images).to(device)
+            if channels_last:
+                images = images.to(memory_format=torch.channels_last)
+            predictions.append(model(images).argmax(dim=1).cpu())
+    return torch.cat(predictions)
 
 
 def evaluate_model(
@@ -107,16 +285,7 @@ def evaluate_model(
     channels_last: bool = False,
 ) -> tuple[float, torch.Tensor]:
     """Accuracy and all predictions, in fp32 (what the checkpoint will serve)."""
-    normalize = normalize_transform(spec)
-    model.eval()
-    predictions = []
-    with torch.inference_mode():
-        for images, _ in batches(data, EVAL_BATCH):
-            images = normalize(images).to(device)
-            if channels_last:
-                images = images.to(memory_format=torch.channels_last)
-            predictions.append(model(images).argmax(dim=1).cpu())
-    predicted = torch.cat(predictions)
+    predicted = _predict(model, data, normalize_transform(spec), device, channels_last)
     return (predicted == data.labels).float().mean().item(), predicted
 
 
@@ -156,58 +325,116 @@ class EpochStats:
     loss_sum: float
     seconds: float
 
+    @property
+    def row(self) -> dict[str, float]:
+        return {
+            "train_loss": self.loss_sum / self.images,
+            "train_accuracy": self.correct / self.images,
+            "images_per_second": self.images / self.seconds,
+        }
 
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (images, logits, labels)
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """What one training epoch needs besides the model, the data and the epoch's RNG.
+
+    ``train_mode`` puts the model in training mode: ``nn.Module.train``, or for a frozen
+    backbone a version that leaves the backbone (and its BatchNorm statistics) in eval.
+    """
+
+    loss_fn: LossFn
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    normalize: Normalize
+    augment: Augment | None
+    batch_size: int
+    device: torch.device
+    channels_last: bool = False
+    autocast: AbstractContextManager = field(default_factory=nullcontext)
+    scaler: torch.amp.GradScaler = field(default_factory=lambda: torch.amp.GradScaler(enabled=False))
+    train_mode: Callable[[nn.Module], Any] = nn.Module.train
+
+
+def _train_step(
+    model: nn.Module, plan: EpochPlan, pixels: torch.Tensor, labels: torch.Tensor, description: str
+):
+    if plan.augment is not None:
+        pixels = plan.augment(pixels)
+    images = plan.normalize(pixels).to(plan.device, non_blocking=True)
+    labels = labels.to(plan.device, non_blocking=True)
+    if plan.channels_last:
+        images = images.to(memory_format=torch.channels_last)
+    with plan.autocast:
+        logits = model(images)
+        loss = plan.loss_fn(images, logits.float(), labels)
+    if not math.isfinite(loss.item()):
+        raise SlimserveError(f"training diverged (loss {loss.item()}) in {description}; lower --lr")
+    plan.optimizer.zero_grad(set_to_none=True)
+    plan.scaler.scale(loss).backward()
+    plan.scaler.step(plan.optimizer)
+    plan.scaler.update()
+    plan.scheduler.step()
+    return logits, loss
 
 
 def train_epoch(
     model: nn.Module,
     train_set: ImageTensors,
+    plan: EpochPlan,
     *,
-    loss_fn: LossFn,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    normalize: Callable[[torch.Tensor], torch.Tensor],
-    augment: Callable[[torch.Tensor], torch.Tensor] | None,
-    batch_size: int,
     generator: torch.Generator,
-    device: torch.device,
-    channels_last: bool,
-    autocast: AbstractContextManager,
-    scaler: torch.amp.GradScaler,
     progress: Progress,
     description: str,
 ) -> EpochStats:
     """One pass over ``train_set`` in the order ``generator`` draws; also used by export's
     fine-tuning of pruned models, which cannot be rebuilt from a recipe."""
-    model.train()
-    total = batch_count(train_set, batch_size, drop_last=True)
+    plan.train_mode(model)
+    total = batch_count(train_set, plan.batch_size, drop_last=True)
     task = progress.add_task(description, total=total, loss=0.0, acc=0.0, ips=0.0)
     seen, correct, loss_sum, started = 0, 0, 0.0, time.perf_counter()
-    for pixels, labels in batches(train_set, batch_size, generator=generator, drop_last=True):
-        if augment is not None:
-            pixels = augment(pixels)
-        images = normalize(pixels).to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        if channels_last:
-            images = images.to(memory_format=torch.channels_last)
-        with autocast:
-            logits = model(images)
-            loss = loss_fn(images, logits.float(), labels)
-        if not math.isfinite(loss.item()):
-            raise SlimserveError(f"training diverged (loss {loss.item()}) in {description}; lower --lr")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
+    for pixels, labels in batches(train_set, plan.batch_size, generator=generator, drop_last=True):
+        logits, loss = _train_step(model, plan, pixels, labels, description)
         seen += labels.numel()
-        correct += (logits.argmax(dim=1) == labels).sum().item()
+        correct += (logits.argmax(dim=1).cpu() == labels).sum().item()
         loss_sum += loss.item() * labels.numel()
         rate = seen / (time.perf_counter() - started)
         progress.update(task, advance=1, loss=loss_sum / seen, acc=correct / seen, ips=rate)
     progress.remove_task(task)
     return EpochStats(seen, correct, loss_sum, time.perf_counter() - started)
+
+
+def _metadata(
+    config: TrainConfig,
+    data: LoadedData,
+    weights: Weights | None,
+    session: Session,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """What the checkpoint records beside the weights: enough to rebuild and to explain it."""
+    arch = config.model
+    source: dict[str, Any] = {"library": "slimserve"}
+    if config.is_backbone:
+        from training.backbones import resolve
+
+        backbone = resolve(config.model)
+        arch = backbone.qualified  # a later timm that adds the plain name cannot change what loads
+        source = {"library": {"tv": "torchvision"}.get(backbone.library, "timm"), "version": backbone.version}
+    return {
+        "arch": arch,
+        "arch_kwargs": config.arch_kwargs,
+        "arch_source": source,
+        "dataset": data.name,
+        "classes": list(data.classes),
+        "preprocess": data.spec.to_dict(),
+        "metrics": {"test_accuracy": extra.pop("test_accuracy"), "test_images": len(session.test_set)},
+        "pretrained": weights.to_metadata() if weights else None,
+        "transfer": {"freeze": config.freeze, "backbone_lr_scale": config.backbone_lr_scale}
+        if weights
+        else None,
+        "seed": config.seed,
+        "train_config": config.to_dict(),
+        **extra,
+    }
 
 
 def train(
@@ -226,168 +453,64 @@ def train(
     without a teacher does, so the two runs differ only in the loss.
     """
     console = console or cli_console()
-    run_dir = Path(run_dir) if run_dir else _default_run_dir(config)
-    state = _load_state(run_dir) if resume else None
-    if state is not None:
-        config = TrainConfig.from_dict(state["config"])
-    elif (run_dir / METADATA_FILE).exists() and not overwrite:
-        raise SlimserveError(
-            f"{run_dir} already holds a checkpoint; pass --resume to continue it, "
-            "--force to start over, or --out for a new folder"
-        )
+    config, run_dir, state = _open_run(config, run_dir, resume, overwrite)
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
     amp_dtype = resolve_amp_dtype(config.amp, device)
-    data = load_data(
-        config.dataset,
-        download=config.download,
-        image_size=config.image_size,
-        channels=config.channels,
-        val_fraction=config.val_fraction,
-        seed=config.seed,
-    )
-    torch.manual_seed(config.seed)
-    model = build_model(
-        config.model,
-        in_channels=data.spec.channels,
-        num_classes=len(data.classes),
-        input_size=(data.spec.height, data.spec.width),
-        **config.arch_kwargs,
-    ).to(device)
-    channels_last = config.model != "mlp"
-    if channels_last:  # 2x faster convolutions on oneDNN and cuDNN
-        model = model.to(memory_format=torch.channels_last)
-    train_set, test_set = _prepare(config, data)
-    normalize = normalize_transform(data.spec)
-    drop_last = True
-    steps_per_epoch = batch_count(train_set, config.batch_size, drop_last)
-    generator = torch.Generator()
-    optimizer = _optimizer(config, model)
-    steps = config.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.lr, total_steps=steps, pct_start=0.15
-    )
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-
-    def loss_fn(_images: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return criterion(logits, labels)
-
-    if distillation is not None:
-        distillation.teacher.to(device).eval()  # nn.Module.to moves in place
-        if channels_last:
-            distillation.teacher.to(memory_format=torch.channels_last)
-        loss_fn = functools.partial(distillation.loss, ce=criterion)  # type: ignore[assignment]
-    scaler = torch.amp.GradScaler(enabled=amp_dtype == torch.float16)
-
-    start_epoch, history, elapsed = 0, [], 0.0
+    pretrained, weights = pretrained_model(config) if config.weights is not None else (None, None)
+    data = _load_run_data(config, weights)
+    _print_skipped(console, data)
+    model = _build(config, data, pretrained).to(device)
     if state is not None:
         if state["epoch"] >= config.epochs:
             raise SlimserveError(f"{run_dir} already finished all {config.epochs} epochs; nothing to resume")
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+    generator = torch.Generator()
+    prepare_started = time.perf_counter()  # decoding photos, and for a frozen backbone its features
+    session = _session(config, model, data, device, amp_dtype, distillation, generator)
+    prepare_seconds = round(time.perf_counter() - prepare_started, 1)
+    start_epoch, history, elapsed = 0, [], 0.0
+    if state is not None:
+        session.plan.optimizer.load_state_dict(state["optimizer"])
+        session.scheduler.load_state_dict(state["scheduler"])
         start_epoch, history, elapsed = state["epoch"], state["history"], state["seconds"]
         console.print(f"Resuming {run_dir} from epoch {start_epoch}")
-
-    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
-    console.print(
-        f"Training [bold]{config.model}[/] on [bold]{data.name}[/] "
-        f"({len(train_set)} train / {len(test_set)} test images) "
-        f"on {device.type}"
-        + (f" with {str(amp_dtype).removeprefix('torch.')} mixed precision" if amp_dtype else "")
-        + f", {torch.get_num_threads()} threads, seed {config.seed}"
-    )
+    _announce(console, config, data, session, device, amp_dtype)
     table = Table("epoch", "train loss", "train acc", "test acc", "img/s", "time", title=str(run_dir))
     with _progress(console) as progress:
         for epoch in range(start_epoch, config.epochs):
             torch.manual_seed(config.seed * 100_003 + epoch)
             generator.manual_seed(config.seed * 100_003 + epoch)
             started = time.perf_counter()
-            augment = None
-            if config.augment:
-                augment = functools.partial(
-                    random_crop_flip, padding=data.crop_padding, hflip=data.hflip, generator=generator
-                )
+            description = f"epoch {epoch + 1}/{config.epochs}"
             stats = train_epoch(
-                model,
-                train_set,
-                loss_fn=loss_fn,
-                optimizer=optimizer,
-                scheduler=scheduler,
-                normalize=normalize,
-                augment=augment,
-                batch_size=config.batch_size,
+                session.trained,
+                session.train_set,
+                session.plan,
                 generator=generator,
-                device=device,
-                channels_last=channels_last,
-                autocast=autocast,
-                scaler=scaler,
                 progress=progress,
-                description=f"epoch {epoch + 1}/{config.epochs}",
+                description=description,
             )
-            seen, correct, loss_sum, train_seconds = (
-                stats.images,
-                stats.correct,
-                stats.loss_sum,
-                stats.seconds,
+            predicted = _predict(
+                session.trained, session.test_set, session.eval_normalize, device, session.plan.channels_last
             )
-            test_acc, _ = evaluate_model(model, test_set, data.spec, device, channels_last)
+            test_acc = (predicted == session.test_set.labels).float().mean().item()
             elapsed += time.perf_counter() - started
-            history.append(
-                {
-                    "epoch": epoch + 1,
-                    "train_loss": loss_sum / seen,
-                    "train_accuracy": correct / seen,
-                    "test_accuracy": test_acc,
-                    "images_per_second": seen / train_seconds,
-                }
-            )
-            table.add_row(
-                str(epoch + 1),
-                f"{loss_sum / seen:.4f}",
-                f"{correct / seen:.2%}",
-                f"{test_acc:.2%}",
-                f"{seen / train_seconds:,.0f}",
-                f"{elapsed:.0f}s",
-            )
-            console.print(
-                f"epoch {epoch + 1}/{config.epochs}: loss {loss_sum / seen:.4f}  "
-                f"train {correct / seen:.2%}  test {test_acc:.2%}  {seen / train_seconds:,.0f} img/s  "
-                f"{elapsed:.0f}s"
-            )
-            save_checkpoint(
-                run_dir,
-                model,
-                {
-                    "arch": config.model,
-                    "arch_kwargs": config.arch_kwargs,
-                    "dataset": data.name,
-                    "classes": list(data.classes),
-                    "preprocess": data.spec.to_dict(),
-                    "metrics": {"test_accuracy": test_acc, "test_images": len(test_set)},
-                    "epoch": epoch + 1,
-                    "epochs": config.epochs,
-                    "seed": config.seed,
-                    "train_config": config.to_dict(),
-                    "train_seconds": round(elapsed, 1),
-                    "device": device.type,
-                    "amp": str(amp_dtype).removeprefix("torch.") if amp_dtype else None,
-                    **({"distillation": distillation.to_metadata()} if distillation else {}),
-                },
-            )
-            _save_state(
-                run_dir,
-                {
-                    "config": config.to_dict(),
-                    "epoch": epoch + 1,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "history": history,
-                    "seconds": elapsed,
-                },
-            )
+            history.append({"epoch": epoch + 1, **stats.row, "test_accuracy": test_acc})
+            _report_epoch(console, table, history[-1], elapsed, description)
+            extra = {
+                "test_accuracy": test_acc,
+                "epoch": epoch + 1,
+                "epochs": config.epochs,
+                "train_seconds": round(elapsed, 1),
+                "prepare_seconds": prepare_seconds,
+                "device": device.type,
+                "amp": str(amp_dtype).removeprefix("torch.") if amp_dtype else None,
+                **({"distillation": distillation.to_metadata()} if distillation else {}),
+            }
+            save_checkpoint(run_dir, model, _metadata(config, data, weights, session, extra))
+            _save_state(run_dir, _resume_state(config, model, session, history, elapsed))
     console.print(table)
     accuracy = history[-1]["test_accuracy"]
     console.print(
@@ -396,3 +519,53 @@ def train(
         f"checkpoint: {run_dir / METADATA_FILE}"
     )
     return TrainResult(run_dir=run_dir, accuracy=accuracy, epochs=config.epochs, seconds=elapsed)
+
+
+def _announce(
+    console: Console,
+    config: TrainConfig,
+    data: LoadedData,
+    session: Session,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+) -> None:
+    console.print(
+        f"Training [bold]{config.model}[/] on [bold]{data.name}[/] "
+        f"({len(session.train_set)} train / {len(session.test_set)} test images"
+        + (f", {describe(config)}" if config.is_backbone else "")
+        + f") on {device.type}"
+        + (f" with {str(amp_dtype).removeprefix('torch.')} mixed precision" if amp_dtype else "")
+        + f", {torch.get_num_threads()} threads, seed {config.seed}"
+    )
+
+
+def _resume_state(
+    config: TrainConfig, model: nn.Module, session: Session, history: list[dict], elapsed: float
+) -> dict[str, Any]:
+    """What ``--resume`` needs to replay the rest of the run exactly."""
+    return {
+        "config": config.to_dict(),
+        "epoch": history[-1]["epoch"],
+        "model": model.state_dict(),
+        "optimizer": session.plan.optimizer.state_dict(),
+        "scheduler": session.scheduler.state_dict(),
+        "history": history,
+        "seconds": elapsed,
+    }
+
+
+def _report_epoch(
+    console: Console, table: Table, row: dict[str, float], elapsed: float, description: str
+) -> None:
+    table.add_row(
+        str(row["epoch"]),
+        f"{row['train_loss']:.4f}",
+        f"{row['train_accuracy']:.2%}",
+        f"{row['test_accuracy']:.2%}",
+        f"{row['images_per_second']:,.0f}",
+        f"{elapsed:.0f}s",
+    )
+    console.print(
+        f"{description}: loss {row['train_loss']:.4f}  train {row['train_accuracy']:.2%}  "
+        f"test {row['test_accuracy']:.2%}  {row['images_per_second']:,.0f} img/s  {elapsed:.0f}s"
+    )

@@ -5,13 +5,15 @@ service's numpy/Pillow version (``service/preprocess.py``) is tested against it 
 for pixel. It is split in two halves so training can run the per-image half once and
 the cheap per-pixel half on whole batches:
 
-- ``pixel_transform``: colour mode, resize, to a uint8 CHW tensor (per image, PIL);
+- ``pixel_transform``: colour mode, resize (+ center crop), to a uint8 CHW tensor (per image, PIL);
 - ``normalize_transform``: scale to [0, 1] and normalize (works on one image or a batch).
 """
 
+import dataclasses
+
 import torch
 from torch.nn import functional
-from torchvision.transforms import InterpolationMode, v2
+from torchvision.transforms import InterpolationMode, RandomResizedCrop, v2
 
 from slimserve.spec import PreprocessSpec
 
@@ -19,10 +21,26 @@ from slimserve.spec import PreprocessSpec
 def pixel_transform(spec: PreprocessSpec) -> v2.Compose:
     """PIL image -> uint8 CHW tensor in the spec's mode and size."""
     mode = v2.Grayscale(num_output_channels=1) if spec.channels == 1 else v2.RGB()
-    resize = v2.Resize(
-        (spec.height, spec.width), interpolation=InterpolationMode(spec.interpolation), antialias=True
-    )
-    return v2.Compose([mode, resize, v2.PILToTensor()])
+    interpolation = InterpolationMode(spec.interpolation)
+    if spec.resize_shorter is None:
+        resize = [v2.Resize((spec.height, spec.width), interpolation=interpolation, antialias=True)]
+    else:  # torchvision's ImageNet evaluation transform
+        resize = [
+            v2.Resize(spec.resize_shorter, interpolation=interpolation, antialias=True),
+            v2.CenterCrop((spec.height, spec.width)),
+        ]
+    return v2.Compose([mode, *resize, v2.PILToTensor()])
+
+
+def train_base_spec(spec: PreprocessSpec) -> PreprocessSpec:
+    """What photo training keeps in memory per image: the central ``resize_shorter`` square.
+
+    RandomResizedCrop then draws from that square every epoch, so 245 photos of up to
+    12 MP cost 245 x 3 x 256 x 256 bytes (48 MB) instead of their full decodes; the edges
+    beyond the square (a few percent of a 4:3 photo) are the price.
+    """
+    side = spec.resize_shorter or max(spec.height, spec.width)
+    return dataclasses.replace(spec, height=side, width=side)
 
 
 def normalize_transform(spec: PreprocessSpec) -> v2.Compose:
@@ -62,3 +80,23 @@ def random_crop_flip(
         flip = torch.rand(n, generator=generator) < 0.5
         batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
     return batch
+
+
+def random_resized_crop_flip(
+    batch: torch.Tensor, *, size: tuple[int, int], interpolation: str, hflip: bool = True
+) -> torch.Tensor:
+    """Per-image RandomResizedCrop (torchvision's default scale and ratio) and flip, NCHW uint8.
+
+    Parameters come from torchvision's own ``RandomResizedCrop.get_params``, which draws
+    from the global RNG that the training loop re-seeds every epoch.
+    """
+    mode = InterpolationMode(interpolation)
+    flips = torch.rand(len(batch)) < 0.5 if hflip else torch.zeros(len(batch), dtype=torch.bool)
+    out = []
+    for image, flip in zip(batch, flips, strict=True):
+        top, left, height, width = RandomResizedCrop.get_params(image, (0.08, 1.0), (3 / 4, 4 / 3))
+        crop = v2.functional.resized_crop(
+            image, top, left, height, width, list(size), interpolation=mode, antialias=True
+        )
+        out.append(crop.flip(-1) if flip else crop)
+    return torch.stack(out)
