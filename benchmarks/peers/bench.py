@@ -90,9 +90,9 @@ def framework_version(peer: Peer, python: Path) -> str:
         raise PeerFailed(f"importing {peer.imports} took over 120 s") from None
     if found.returncode != 0:
         lines = [line for line in found.stderr.splitlines() if line.strip()]
+        fix = "run with --setup-venvs" if peer.venv else "pip install -e '.[peers]'"
         raise PeerFailed(
-            f"{peer.distribution} does not import ({lines[-1] if lines else 'no output'}); "
-            "pip install -e '.[peers]'"
+            f"{peer.distribution} does not import ({lines[-1] if lines else 'no output'}); {fix}"
         )
     return found.stdout.strip()
 
