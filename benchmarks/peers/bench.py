@@ -128,9 +128,13 @@ def probe(url: str, peer: Peer, body: bytes) -> list[dict[str, Any]] | None:
     )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
-            return predictions(peer.body, json.load(response))
+            answer = json.load(response)
     except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
         return None
+    try:
+        return predictions(peer.body, answer)
+    except (KeyError, IndexError, TypeError, json.JSONDecodeError):
+        raise PeerFailed(f"answered a real image without a top-5: {json.dumps(answer)[:200]}") from None
 
 
 ROOT_ERROR = re.compile(r"\b[A-Z]\w*Error: [^\n\"\\]+")
@@ -357,9 +361,14 @@ def bench_peers(
                         console, facts,
                     )  # fmt: skip
                 except PeerFailed as exc:
-                    info[peer.name].update(status="failed", reason=str(exc))
+                    info[peer.name].update(
+                        status="failed" if not results[peer.name] else "partial", reason=str(exc)
+                    )
                     facts["failed"] = str(exc)
                     console.print(f"  [red]{peer.name} failed[/red]: {exc}")
+                else:
+                    if info[peer.name]["status"] == "failed":  # an earlier round failed, this one did not
+                        info[peer.name]["status"] = "partial"
                 if "version" in facts:
                     info[peer.name]["version"] = facts.pop("version")
                 info[peer.name]["rounds"].append(facts)

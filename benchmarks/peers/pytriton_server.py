@@ -9,6 +9,8 @@ BYTES tensor in JSON, and the answer is the same top-5 JSON as a BYTES output.
 
 import argparse
 import json
+import os
+import sysconfig
 
 import numpy as np
 from pytriton.decorators import batch
@@ -30,6 +32,21 @@ def make_infer(classifier: Classifier):
     return infer
 
 
+def use_this_libpython() -> None:
+    """Put this interpreter's libpython first on the library path Triton's Python stub inherits.
+
+    The stub links ``libpython3.X.so`` by name; where the system has another build of the
+    same minor version (Debian's 3.11.2 next to a pyenv 3.11.7), it would run the other
+    build's C core under this interpreter's standard library, and fail on the mismatch
+    (``'_thread.RLock' object has no attribute '_recursion_count'``).
+    """
+    if sysconfig.get_config_var("Py_ENABLE_SHARED"):
+        libdir = sysconfig.get_config_var("LIBDIR")
+        os.environ["LD_LIBRARY_PATH"] = os.pathsep.join(
+            filter(None, [libdir, os.environ.get("LD_LIBRARY_PATH")])
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
@@ -38,6 +55,7 @@ def main() -> None:
     parser.add_argument("--batched", action="store_true")
     args = parser.parse_args()
     settings = PeerSettings.from_env()
+    use_this_libpython()
     config = (
         ModelConfig(
             max_batch_size=settings.max_batch_size,

@@ -78,7 +78,7 @@ PEERS = (
         batched=False,
         path="/predict",
         body=JSON_B64,
-        front_end="FastAPI/uvicorn API servers; model in worker processes over queues",
+        front_end="FastAPI/uvicorn API servers (LitServe's default: one per inference worker); model in worker processes over queues",
         imports="litserve",
     ),
     Peer(
@@ -88,7 +88,7 @@ PEERS = (
         batched=True,
         path="/predict",
         body=JSON_B64,
-        front_end="FastAPI/uvicorn API servers; batching and model in worker processes over queues",
+        front_end="FastAPI/uvicorn API servers (LitServe's default: one per inference worker); batching and model in worker processes over queues",
         imports="litserve",
     ),
     Peer(

@@ -50,7 +50,12 @@ def rows(report: dict[str, Any]) -> list[list[str]]:
             figures += [_range(at.get("ok_per_s", []), "{:,.0f}"), _range(at.get("p99_ms", []), "{:.1f}")]
         errors = sum(at["errors"] for at in summary.values())
         requests = sum(at["requests"] for at in summary.values())
-        status = "ok" if info["status"] == "ok" else f"failed: {info['reason']}"
+        failed = [str(r["round"]) for r in info["rounds"] if "failed" in r]
+        status = {
+            "ok": "ok",
+            "failed": f"failed: {info.get('reason')}",
+            "partial": f"round {', '.join(failed)} failed: {info.get('reason')}",
+        }[info["status"]]
         out.append(
             [
                 name,
@@ -67,13 +72,16 @@ def rows(report: dict[str, Any]) -> list[list[str]]:
 
 
 def peers_table(report: dict[str, Any]) -> Table:
+    bundle = report["bundle"]
     table = Table(
-        title=f"peers serving {report['bundle']['name']}:{report['bundle']['version']} {report['variant']}"
+        title=f"peers serving {bundle['name']}:{bundle['version']} {report['variant']} on "
+        f"{report['machine']['cpu_model']} ({report['vector_isa']})"
     )
     for header in headers(report):
         table.add_column(header, justify="left" if "req/s" not in header and "p99" not in header else "right")
     for row in rows(report):
-        table.add_row(*[c if i != 4 else c.split(" (")[0] for i, c in enumerate(row)])
+        row[4] = row[4].split(" (")[0]  # the body format without its why: the terminal is narrow
+        table.add_row(*row)
     return table
 
 
