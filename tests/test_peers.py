@@ -132,7 +132,9 @@ def test_vector_isa_names_the_widest_unit():
     assert vector_isa([]) == "no AVX2"
 
 
-def test_unknown_peer_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture):
+def test_unknown_peer_and_missing_bundle_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture):
     assert main(["bench", "peers", str(tmp_path), "--peers", "nginx", "--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "unknown peer(s) nginx" in err and "Traceback" not in err
+    assert main(["bench", "peers", str(tmp_path), "--peers", "mosec", "--out", str(tmp_path)]) == 1
+    assert "has no manifest.json" in capsys.readouterr().err
