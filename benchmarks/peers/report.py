@@ -15,15 +15,13 @@ BUSY_NOTE = (
 
 
 def _range(values: list[float | None], fmt: str) -> str:
+    """Low-high over rounds; a round without a figure (no successful request) is counted, not hidden."""
     found = [v for v in values if v is not None]
     if not found:
         return "-"
-    low, high = min(found), max(found)
-    return (
-        cell(low, fmt)
-        if len(found) == 1 or cell(low, fmt) == cell(high, fmt)
-        else f"{cell(low, fmt)}-{cell(high, fmt)}"
-    )
+    low, high = cell(min(found), fmt), cell(max(found), fmt)
+    text = low if low == high else f"{low}-{high}"
+    return text if len(found) == len(values) else f"{text} ({len(found)} of {len(values)} rounds)"
 
 
 def _batching(info: dict[str, Any]) -> str:
