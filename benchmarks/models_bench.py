@@ -402,7 +402,9 @@ def bench_models(
     max_batch = max(settings.batch_sizes)
     data = load_test_images(manifest, max(max_batch, settings.limit or 0))
     eval_data = None if settings.limit is None else data.head(settings.limit)
-    rounds, failures = _run_matrix(manifest, measurements, settings, data, eval_data, machine["peak"], console)
+    rounds, failures = _run_matrix(
+        manifest, measurements, settings, data, eval_data, machine["peak"], console
+    )
     if not any(rounds):
         raise SlimserveError(f"every benchmark measurement failed; first error: {failures[0]['error']}")
     # Every round's ratios, each against the same round's reference; the name is the same.

@@ -12,15 +12,14 @@ from rich.console import Console
 
 from benchmarks.http_bench import free_port, write_test_images
 from benchmarks.peers.bench import (
-    PeerBenchSettings,
     _reason,
     peer_settings,
     running_peer,
     server_command,
-    vector_isa,
 )
 from benchmarks.peers.registry import KSERVE_B64_BATCHED, PEERS, encode_body, predictions
-from slimserve.cli import main
+from benchmarks.peers.settings import PeerBenchSettings
+from commands.main import main
 from slimserve.manifest import Manifest, read_manifest
 
 BUNDLE = "peerscnn"
@@ -39,12 +38,12 @@ def bundle(tiny_cnn_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Mani
 
 def in_process_top5(manifest: Manifest, png: bytes) -> list[dict]:
     """The service's own path, in this process: its backend class, preprocessing and top-k."""
-    from service.backends import create_backend
-    from service.http import top_k
     from service.preprocess import Preprocessor, decode_image
+    from slimserve.runtime import RuntimeOptions, open_runner
+    from slimserve.topk import top_k
 
     path = manifest.variant("fp32").files["onnx"].verified_path(manifest.bundle_dir)
-    backend = create_backend("onnx", path, label="test", providers="cpu", threads=1, strict=True)
+    backend = open_runner("onnx", path, RuntimeOptions(threads=1, providers="cpu", strict=True, label="test"))
     logits = backend.run(Preprocessor(manifest.spec)(decode_image(png, 4096 * 4096)))
     return top_k(logits[0], 5, manifest.classes)
 
@@ -100,7 +99,7 @@ def test_tiny_peer_run_writes_rows_and_reports_a_peer_that_does_not_import(
     assert triton["status"] == "failed" and "No module named 'pytriton'" in triton["reason"]
     assert triton["reason"].endswith("run with --setup-venvs")
     assert report["results"]["pytriton"] == []
-    assert report["vector_isa"] == vector_isa(report["machine"]["flags"])
+    assert report["vector_isa"] == report["machine"]["vector_isa"] != ""
     markdown = (out / "bench-peers.md").read_text()
     table = [line for line in markdown.splitlines() if line.startswith("| ")]
     assert [line.split(" | ")[0] for line in table[1:]] == ["| starlette", "| mosec", "| pytriton"]
@@ -124,12 +123,6 @@ def test_the_reason_is_the_root_error_even_inside_an_escaped_log_string(tmp_path
     assert _reason(log) == "AttributeError: no attribute y"
     log.write_text("starting\nbound to port 1\n")
     assert _reason(log) == "bound to port 1"
-
-
-def test_vector_isa_names_the_widest_unit():
-    assert vector_isa(["avx2", "avx512f", "avx512_vnni", "fma"]) == "AVX-512 VNNI"
-    assert vector_isa(["avx2", "fma"]) == "AVX2"
-    assert vector_isa([]) == "no AVX2"
 
 
 def test_unknown_peer_and_missing_bundle_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture):

@@ -2,6 +2,6 @@
 
 import sys
 
-from slimserve.cli import main
+from commands.main import main
 
 sys.exit(main(["bench", "peers", *sys.argv[1:]]))

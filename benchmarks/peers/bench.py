@@ -30,44 +30,18 @@ from benchmarks.http_bench import HttpBenchSettings, free_port, run_locust, writ
 from benchmarks.machine import machine_info
 from benchmarks.peers.model import PeerSettings
 from benchmarks.peers.registry import BODY_NOTES, PEER_NAMES, PEERS, Peer, encode_body, predictions
+from benchmarks.peers.settings import PeerBenchSettings
 from benchmarks.peers.venvs import venv_python
 from slimserve.console import cli_console
+from slimserve.documents import write_json
 from slimserve.errors import SlimserveError
 from slimserve.manifest import Manifest, read_manifest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-@dataclass(frozen=True)
-class PeerBenchSettings:
-    peers: tuple[str, ...] = PEER_NAMES
-    concurrency: tuple[int, ...] = (1, 32)
-    rounds: int = 2
-    duration_s: float = 20.0  # per peer, concurrency and round
-    requests: int = 3000  # per peer, concurrency and round, whichever bound comes first
-    image_count: int = 64
-    variant: str | None = None  # default: the bundle's default variant
-    workers: int | None = None  # default: one per usable core, as slimserve serves
-    threads: int | None = None  # default: usable cores / workers
-    max_batch_size: int = 32  # slimserve's default adaptive-batching size, for every batched peer
-    batch_wait_ms: float = 2.0  # how long a batched peer waits for company
-    ready_timeout_s: float = 240.0  # Ray starts a whole cluster; the busiest machine needs minutes
-
-
 class PeerFailed(Exception):
     """A peer that could not be measured; the message is the table's reason."""
-
-
-def vector_isa(flags: list[str]) -> str:
-    """The widest vector ISA the CPU reports, as a reader of the table would name it."""
-    names = [
-        ("amx_int8", "AMX-INT8"),
-        ("avx512_vnni", "AVX-512 VNNI"),
-        ("avx512f", "AVX-512"),
-        ("avx_vnni", "AVX2 + AVX-VNNI"),
-        ("avx2", "AVX2"),
-    ]
-    return next((label for flag, label in names if flag in flags), "no AVX2")
 
 
 def interpreter(peer: Peer) -> Path:
@@ -329,7 +303,6 @@ def bench_peers(
 ) -> dict[str, Any]:
     """Every peer x round x concurrency; writes bench-peers.json/.md and a plot into ``out``."""
     from benchmarks.peers.report import peers_markdown, peers_table, plot_peers
-    from benchmarks.report import write_json
 
     console = console or cli_console()
     unknown = sorted(set(settings.peers) - set(PEER_NAMES))
@@ -380,7 +353,7 @@ def bench_peers(
         "bundle": {"name": manifest.name, "version": manifest.version, "dir": str(bundle_dir)},
         "variant": served.variant,
         "machine": machine,
-        "vector_isa": vector_isa(machine["flags"]),
+        "vector_isa": machine["vector_isa"],
         "settings": {
             **{k: v for k, v in asdict(settings).items() if k not in ("peers", "concurrency")},
             "peers": list(settings.peers),
@@ -401,9 +374,9 @@ def bench_peers(
         "summary": {name: summarize(rows, settings.concurrency) for name, rows in results.items()},
     }
     json_path = out / "bench-peers.json"
-    write_json(json_path, report)
+    write_json(json_path, report, allow_nan=False)
     report["plots"] = [str(plot_peers(report, out / "peers-load.png"))]
-    write_json(json_path, report)
+    write_json(json_path, report, allow_nan=False)
     (out / "bench-peers.md").write_text(peers_markdown(report))
     console.print(peers_table(report))
     console.print(f"Report: {json_path}, {out / 'bench-peers.md'}, plot: {report['plots'][0]}")

@@ -14,14 +14,16 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.reference_server import cpu_backend, top_k  # top_k: softmax + top-5, as service.http
-from service.backends import Backend
+from benchmarks.reference_server import cpu_backend
 from service.errors import RequestError
 from service.preprocess import Preprocessor, decode_image
 from slimserve.manifest import read_manifest
+from slimserve.runtime import Runner
+from slimserve.topk import top_k  # the service's own answer
 
 ENV = "SLIMSERVE_PEER"  # the settings reach every framework's worker processes through the environment
 MAX_PIXELS = 4096 * 4096  # the service's default bounds
+TOP_K = 5  # the service's default
 
 
 @dataclass(frozen=True)
@@ -43,9 +45,9 @@ class PeerSettings:
         return cls(**json.loads(os.environ[ENV]))
 
 
-def open_backend(bundle_dir: Path, variant: str, threads: int, label: str) -> Backend:
-    """The variant's hash-checked ONNX file on the service's own backend class and session
-    options (CPU, ``threads`` intra-op threads, no spinning), as the bare reference opens it."""
+def open_backend(bundle_dir: Path, variant: str, threads: int, label: str) -> Runner:
+    """The variant's hash-checked ONNX file opened by ``slimserve.runtime`` with the service's
+    session options (CPU, ``threads`` intra-op threads), as the bare reference opens it."""
     return cpu_backend(read_manifest(bundle_dir), variant, "onnx", threads, label)
 
 
@@ -61,7 +63,7 @@ class Classifier:
         self.backend.run(np.zeros((1, *manifest.spec.input_shape), np.float32))  # warm-up
 
     def answer(self, logits: np.ndarray) -> dict[str, Any]:
-        return {"variant": self.variant, "predictions": top_k(logits, self.classes)}
+        return {"variant": self.variant, "predictions": top_k(logits, TOP_K, self.classes)}
 
     def predict(self, payloads: list[bytes]) -> list[dict[str, Any]]:
         """One model call for the whole list; a payload that does not decode gets its error

@@ -136,7 +136,7 @@ PEERS = (
     Peer(
         name="slimserve",
         distribution="slimserve",
-        module="slimserve.cli",
+        module="commands.main",
         batched=True,
         path="/predict",
         body=RAW,
@@ -146,7 +146,7 @@ PEERS = (
     Peer(
         name="slimserve-unbatched",
         distribution="slimserve",
-        module="slimserve.cli",
+        module="commands.main",
         batched=False,
         path="/predict/unbatched",
         body=RAW,

@@ -5,7 +5,7 @@ from typing import Any
 
 from rich.table import Table
 
-from benchmarks.plots import _pyplot
+from benchmarks.plots import _pyplot, _save
 from benchmarks.report import _markdown_table, cell
 
 BUSY_NOTE = (
@@ -138,7 +138,4 @@ def plot_peers(report: dict[str, Any], path: Path) -> Path:
         f"{report['machine']['cpu_model']} ({report['vector_isa']})",
         fontsize=9,
     )
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
