@@ -8,6 +8,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.peers.cli import add_parser as add_peers
 from benchmarks.settings import HttpBenchSettings, ModelBenchSettings
 from slimserve.settings import add_options, build, option
 
@@ -70,3 +71,4 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     add_options(http, BenchHttpArgs)
     add_options(http, HttpBenchSettings)
     http.set_defaults(handler=_http)
+    add_peers(sub)  # `bench peers`: its own module
