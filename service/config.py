@@ -42,7 +42,9 @@ class ServeConfig:
         unset=_ENV_OR_DEFAULT,
     )
     strict: bool = option(
-        False, help="refuse to start when a requested accelerator is not actually used", unset=_ENV_OR_DEFAULT
+        False,
+        help="refuse to start when a requested accelerator is not actually used, or a variant fails its canary",
+        unset=_ENV_OR_DEFAULT,
     )
     max_batch_size: int = option(
         32, help="adaptive batching: most images per model call", parse=positive_int, unset=_ENV_OR_DEFAULT
@@ -111,7 +113,7 @@ class ServeConfig:
     # Connections (service.connections): uvicorn has no such settings that BentoML passes on.
     header_timeout_s: int = option(
         10,
-        help="request line + headers not complete this long after the first byte: 408, closed",
+        help="request line + headers not complete this long after the connection opens (kept-alive: the next request's first byte): 408, closed",
         parse=positive_int,
         unset=_ENV_OR_DEFAULT,
     )

@@ -77,7 +77,9 @@ def form_value(value: str) -> str:
 
 OPTIONS = ("variant", "top_k")
 ROUTES = ("/predict", "/predict/unbatched", "/predict/batch", "/models")
-ROUTES_TEXT = "POST /predict, /predict/unbatched, /predict/batch; GET /models"
+ROUTES_TEXT = (
+    "POST /predict, /predict/unbatched, /predict/batch; GET /models, /ui (upload page), / (API docs)"
+)
 
 
 async def read_payloads(

@@ -446,7 +446,7 @@ def test_unknown_paths_share_one_metrics_label(server):
     for index in range(5):
         assert server.client.get(f"/no/such/path/{index}").status_code == 404
     assert server.client.get("/no/such/path/x").json() == {
-        "error": "no route '/no/such/path/x'; see POST /predict, /predict/unbatched, /predict/batch; GET /models"
+        "error": "no route '/no/such/path/x'; see POST /predict, /predict/unbatched, /predict/batch; GET /models, /ui (upload page), / (API docs)"
     }
     text = server.client.get("/metrics").text
     assert "/no/such/path" not in text

@@ -20,9 +20,10 @@ import torchvision
 from torch import nn
 
 from slimserve.errors import SlimserveError
+from training.models import MODELS
 
 LIBRARIES = {"timm": "timm", "tv": "torchvision"}
-SLIMSERVE_MODELS = ("mlp", "cnn", "cnn-small", "resnet")
+SLIMSERVE_MODELS = tuple(MODELS)  # slimserve's own, resolved before timm and torchvision
 
 
 @dataclass(frozen=True)
@@ -41,11 +42,6 @@ class BackboneName:
 
 def _torchvision_names() -> list[str]:
     return torchvision.models.list_models(module=torchvision.models)
-
-
-def is_library_arch(arch: str) -> bool:
-    """True for names that go through this module rather than slimserve's own registry."""
-    return arch.split(":", 1)[0] in LIBRARIES or arch not in SLIMSERVE_MODELS
 
 
 def resolve(arch: str) -> BackboneName:
