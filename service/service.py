@@ -163,7 +163,15 @@ class Slimserve:
 
         async def run(batch: np.ndarray) -> tuple[np.ndarray, int]:
             sizes.observe(len(batch))
-            return await self._run_model(self.variants[name], batch), len(batch)
+            variant = self.variants[name]
+            if self.inline[name]:  # runs in place on the event loop: there is nothing to wait behind
+                return await self._run_model(variant, batch), len(batch)
+            # Behind other calls for the model thread, the batcher's queue deadline still holds.
+            try:
+                with anyio.fail_after(self.config.max_latency_ms / 1000):
+                    return await self._run_model(variant, batch), len(batch)
+            except TimeoutError:
+                return _overloaded()
 
         return run
 

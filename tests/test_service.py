@@ -272,7 +272,9 @@ def test_models_say_per_variant_whether_the_adaptive_route_batches(server):
             continue
         match = re.fullmatch(r"batch 32 costs ([0-9.]+)x of 32 single calls", decision["reason"])
         assert match, decision
-        assert decision["enabled"] is (float(match.group(1)) <= MAX_BATCH_COST_RATIO)
+        shown = float(match.group(1))  # rounded to 2 decimals: the exact ratio may sit on either side
+        if abs(shown - MAX_BATCH_COST_RATIO) > 0.005:
+            assert decision["enabled"] is (shown < MAX_BATCH_COST_RATIO)
 
 
 @pytest.mark.http
