@@ -8,10 +8,12 @@ which cannot take raw or base64 images with JSON errors. Two decisions sit in fr
   model's measured per-image cost at batch N is clearly below its cost at batch 1. For a
   cheap model a batch of 32 costs about 32 single calls, and the queue, the cork wait and
   the split of the answers then cost CPU and latency for nothing;
-* per request: where batching is on, a request that finds the model idle and nobody
-  queued goes straight to the model, since there is no company to wait for.
+* per request: where batching is on, a request that finds no other request on the route
+  (none queued, none in a running batch or a direct call) goes straight to the model,
+  since there is no company to wait for.
 """
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -86,8 +88,8 @@ class AdaptiveRoute(Generic[T, R]):
 
     ``direct`` runs one request's input as a call of its own; ``batched`` is the
     dispatcher-wrapped callback. A request is queued only when batching pays for this
-    model and the model is busy or others already wait; otherwise it goes straight to the
-    model, as on the unbatched route.
+    model and another request is on the route (queued, in a running batch or in a direct
+    call); a request alone on it goes straight to the model, as on the unbatched route.
     """
 
     def __init__(
@@ -101,20 +103,20 @@ class AdaptiveRoute(Generic[T, R]):
         self.dispatcher = dispatcher
         self.batched = batched
         self.direct = direct
-        self.direct_in_flight = 0
-
-    def model_idle(self) -> bool:
-        """No batch running, none queued and no direct call running: nobody to batch with."""
-        # The dispatcher's queue and one-batch semaphore are its only state; it has no public view.
-        dispatcher = self.dispatcher
-        return not dispatcher._queue and not dispatcher._sema.is_locked() and not self.direct_in_flight
+        self.inside = 0  # requests on this route now
 
     async def __call__(self, item: T) -> tuple[R, bool]:
         """The result and whether it went through the batcher."""
-        if self.decision.enabled and not self.model_idle():
-            return await self.batched(item), True
-        self.direct_in_flight += 1
-        try:
+        if not self.decision.enabled:
             return await self.direct(item), False
+        self.inside += 1
+        try:
+            # One turn of the event loop first: a model that runs in place on the loop never
+            # yields, so requests that arrived together would otherwise each find the route
+            # empty and none would ever be batched. After it, they are all counted here.
+            await asyncio.sleep(0)
+            if self.inside == 1:
+                return await self.direct(item), False
+            return await self.batched(item), True
         finally:
-            self.direct_in_flight -= 1
+            self.inside -= 1

@@ -169,9 +169,9 @@ def test_batching_on_still_sends_a_lone_request_straight_to_the_model():
     assert calls == [("direct", 1)] * 10
 
 
-def test_batching_on_queues_requests_that_find_the_model_busy():
-    """A burst: the first request goes straight in, the rest queue behind it in BentoML's
-    dispatcher and are served in batches, each with its own rows."""
+def test_batching_on_queues_requests_that_arrive_together():
+    """A burst: every request finds others on the route, so all queue in BentoML's dispatcher
+    and are served in batches, each with its own rows."""
     calls: list[tuple[str, int]] = []
 
     async def main() -> list[tuple[list[int], bool]]:
@@ -184,6 +184,36 @@ def test_batching_on_queues_requests_that_find_the_model_busy():
 
     results = asyncio.run(main())
     assert [r for r, _ in results] == [[(r * 100 + i) * 10] for r in range(6) for i in range(8)]
-    assert results[0][1] is False and any(via_batcher for _, via_batcher in results)
+    assert all(via_batcher for _, via_batcher in results)
     assert max(n for path, n in calls if path == "batched") > 1
     assert sum(n for _, n in calls) == 48
+
+
+def test_batching_on_forms_batches_for_a_model_that_runs_in_place():
+    """A fast model runs on the event loop and never yields; requests that arrive together
+    must still meet in the batcher rather than each finding the route empty."""
+    calls: list[tuple[str, int]] = []
+
+    async def batched(items: tuple[list[int], ...]) -> list[list[int]]:
+        calls.append(("batched", len(items)))
+        return [[value + 1 for value in item] for item in items]
+
+    async def direct(item: list[int]) -> list[int]:
+        calls.append(("direct", 1))
+        return [value + 1 for value in item]
+
+    async def main() -> list[tuple[list[int], bool]]:
+        dispatcher = adaptive_dispatcher(2000, 8, fallback=lambda: None)
+        route = AdaptiveRoute(BatchDecision(True, "test"), dispatcher, dispatcher(batched), direct)
+        results = []
+        for round_ in range(6):
+            results += await asyncio.gather(*(route([round_ * 100 + i]) for i in range(8)))
+        results.append(await route([7]))  # alone again: straight to the model
+        dispatcher.shutdown()
+        return results
+
+    results = asyncio.run(main())
+    assert [r for r, _ in results[:-1]] == [[r * 100 + i + 1] for r in range(6) for i in range(8)]
+    assert results[-1] == ([8], False)
+    assert max(n for path, n in calls if path == "batched") > 1
+    assert calls[-1] == ("direct", 1)
