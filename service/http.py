@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import bentoml
+import numpy as np
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -27,7 +28,8 @@ from starlette.routing import Route
 from service.config import ServeConfig
 from service.errors import RequestError
 from service.limits import BodyAborted, BodyLimitMiddleware, clip, json_messages, parse_json
-from service.metrics import predictions, request_seconds
+from service.metrics import predictions_for, request_seconds_for
+from service.responses import JsonResponse
 from slimserve.topk import top_k
 
 logger = logging.getLogger("slimserve.service")
@@ -202,10 +204,8 @@ def _endpoint(route: str, handler: Handler) -> Callable[[Request], Awaitable[JSO
             outcome = "500"
         if route != "models":
             variant = request.state.variant
-            predictions.labels(variant=variant, route=route, outcome=outcome).inc(
-                getattr(request.state, "images", 1)
-            )
-            request_seconds.labels(variant=variant, route=route).observe(time.perf_counter() - start)
+            predictions_for(variant, route, outcome).inc(getattr(request.state, "images", 1))
+            request_seconds_for(variant, route).observe(time.perf_counter() - start)
         return response
 
     return endpoint
@@ -226,22 +226,18 @@ async def _predict(service: Any, request: Request, mode: str) -> JSONResponse:
     else:
         logits, batch_size = await service.infer_direct(variant, batch), len(payloads)
     done = time.perf_counter()
+    if not np.isfinite(logits).all():  # JSON has no NaN (orjson would write null): a fault of ours
+        raise ValueError(f"model {variant.name} returned non-finite logits")
     timing = {
         "preprocess_ms": round((decoded - start) * 1000, 3),
         "model_ms": round((done - decoded) * 1000, 3),
         "total_ms": round((done - start) * 1000, 3),
     }
-    head = {
-        "variant": variant.name,
-        "bundle": variant.manifest.name,
-        "version": variant.manifest.version,
-        "backend": variant.backend.name,
-        "provider": variant.backend.describe()["provider"],
-    }
+    head = _answer_head(variant)
     if mode == "batch":
         results = [{"predictions": top_k(row, k, variant.classes)} for row in logits]
-        return JSONResponse({**head, "results": results, "timing": timing})
-    return JSONResponse(
+        return JsonResponse({**head, "results": results, "timing": timing})
+    return JsonResponse(
         {
             **head,
             "predictions": top_k(logits[0], k, variant.classes),
@@ -249,6 +245,24 @@ async def _predict(service: Any, request: Request, mode: str) -> JSONResponse:
             "timing": timing,
         }
     )
+
+
+_HEADS: dict[str, dict[str, Any]] = {}
+
+
+def _answer_head(variant: Any) -> dict[str, Any]:
+    """The fields every answer of a variant starts with, built once per variant (``describe()``
+    assembles the backend's whole report, far more than the one field needed per request)."""
+    head = _HEADS.get(variant.tag)
+    if head is None:
+        head = _HEADS[variant.tag] = {
+            "variant": variant.name,
+            "bundle": variant.manifest.name,
+            "version": variant.manifest.version,
+            "backend": variant.backend.name,
+            "provider": variant.backend.describe()["provider"],
+        }
+    return head
 
 
 def _compact(description: dict[str, Any]) -> dict[str, Any]:
@@ -260,10 +274,10 @@ def _compact(description: dict[str, Any]) -> dict[str, Any]:
 
 async def _models(service: Any, request: Request) -> JSONResponse:
     described = [v.describe() for v in service.variants.values()]
-    return JSONResponse(
+    return JsonResponse(
         {
             "default_variant": service.default_variant,
-            "variants": [_compact(d) for d in described],
+            "variants": [_compact(d) | {"batching": service.batching(d["variant"])} for d in described],
             # Every variant of a service comes from one bundle version, hence one manifest.
             "manifest": described[0]["manifest"] if described else None,
             "workers": service.config.worker_count,

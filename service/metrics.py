@@ -3,7 +3,14 @@
 BentoML's built-in HTTP metrics are per route; a route here serves several variants, so
 counts and latencies are labelled by variant as well. Defined at import so every worker
 registers the same families (BentoML aggregates them across workers).
+
+The routes write through the ``*_for`` helpers: ``labels()`` checks its arguments and
+takes a lock on every call, so each labelled child is looked up once per label set and
+kept. Every label is bounded (loaded variants, fixed routes, status codes), so are the caches.
 """
+
+from functools import cache
+from typing import Any
 
 import bentoml
 
@@ -26,7 +33,27 @@ request_seconds = bentoml.metrics.Histogram(
 )
 batch_size = bentoml.metrics.Histogram(
     name="slimserve_batch_size",
-    documentation="Images per model call on the adaptive-batching route, by variant",
+    documentation="Images per model call on the adaptive route (batched or straight to the model), by variant",
     labelnames=["variant"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
+
+
+@cache
+def predictions_for(variant: str, route: str, outcome: str) -> Any:
+    return predictions.labels(variant=variant, route=route, outcome=outcome)
+
+
+@cache
+def request_seconds_for(variant: str, route: str) -> Any:
+    return request_seconds.labels(variant=variant, route=route)
+
+
+@cache
+def inference_seconds_for(variant: str) -> Any:
+    return inference_seconds.labels(variant=variant)
+
+
+@cache
+def batch_size_for(variant: str) -> Any:
+    return batch_size.labels(variant=variant)

@@ -7,7 +7,6 @@ bundle variants this service serves, and a Bento carries them.
 
 import logging
 import os
-import statistics
 import threading
 import time
 from pathlib import Path
@@ -20,12 +19,12 @@ import bentoml
 import numpy as np
 
 from service import connections
-from service.batching import adaptive_dispatcher
+from service.batching import AdaptiveRoute, adaptive_dispatcher, decide
 from service.config import ServeConfig
 from service.errors import RequestError
 from service.http import ROUTES, JsonRoutingErrors, build_app
 from service.limits import clip
-from service.metrics import batch_size, inference_seconds
+from service.metrics import batch_size_for, inference_seconds_for
 from service.openapi import publish
 from service.preprocess import open_images
 from service.prometheus import bound_http_metric_paths, use_own_multiprocess_dir
@@ -74,7 +73,7 @@ class Slimserve:
             name: adaptive_dispatcher(CONFIG.max_latency_ms, CONFIG.max_batch_size, _overloaded)
             for name in TAGS
         }
-        self.batched = {name: self.dispatchers[name](self._batch_callback(name)) for name in TAGS}
+        self.adaptive: dict[str, AdaptiveRoute] = {}
         self.model_limiter: anyio.CapacityLimiter | None = None
         # BentoML creates the service inside uvicorn's lifespan start-up, and uvicorn reads
         # no request until that returns: loading here would leave /readyz and /livez
@@ -90,8 +89,20 @@ class Slimserve:
             for name, tag in TAGS.items():
                 stored = getattr(self, model_attribute(name))
                 variants[name] = load_variant(name, tag, Path(stored.path), CONFIG)
-                self.inline[name] = _model_seconds(variants[name]) < INLINE_MODEL_SECONDS
-                logger.info("loaded %s: %s", tag, variants[name].backend.describe())
+                single = _model_seconds(variants[name], 1)
+                self.inline[name] = single is not None and single < INLINE_MODEL_SECONDS
+                decision = decide(
+                    single or 0.0,
+                    _model_seconds(variants[name], CONFIG.max_batch_size),
+                    CONFIG.max_batch_size,
+                )
+                dispatcher = self.dispatchers[name]
+                self.adaptive[name] = AdaptiveRoute(
+                    decision, dispatcher, dispatcher(self._batch_callback(name)), self._direct_callback(name)
+                )
+                logger.info(
+                    "loaded %s: %s; batching: %s", tag, variants[name].backend.describe(), decision.to_dict()
+                )
         except Exception as exc:  # reported by /livez (503) so the supervisor restarts the worker
             self.load_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             logger.exception("loading the models failed")
@@ -140,17 +151,37 @@ class Slimserve:
             raise RequestError(
                 503, f"model {variant.name} failed: {str(exc).splitlines()[0][:300]}"
             ) from None
-        inference_seconds.labels(variant=variant.name).observe(seconds)
+        inference_seconds_for(variant.name).observe(seconds)
         return logits
 
     async def infer_direct(self, variant: LoadedVariant, batch: np.ndarray) -> np.ndarray:
         return await self._run_model(variant, batch)
 
+    def _direct_callback(self, name: str):
+        """The adaptive route's call for a request that does not queue: a model call of its own."""
+        sizes = batch_size_for(name)
+
+        async def run(batch: np.ndarray) -> tuple[np.ndarray, int]:
+            sizes.observe(len(batch))
+            variant = self.variants[name]
+            if self.inline[name]:  # runs in place on the event loop: there is nothing to wait behind
+                return await self._run_model(variant, batch), len(batch)
+            # Behind other calls for the model thread, the batcher's queue deadline still holds.
+            try:
+                with anyio.fail_after(self.config.max_latency_ms / 1000):
+                    return await self._run_model(variant, batch), len(batch)
+            except TimeoutError:
+                return _overloaded()
+
+        return run
+
     def _batch_callback(self, name: str):
+        sizes = batch_size_for(name)
+
         async def run(items: tuple[np.ndarray, ...]) -> list[tuple[np.ndarray, int]]:
             variant = self.variants[name]
             batch = items[0] if len(items) == 1 else np.concatenate(items)
-            batch_size.labels(variant=name).observe(len(batch))
+            sizes.observe(len(batch))
             logits = await self._run_model(variant, batch)
             out, offset = [], 0
             for item in items:
@@ -160,9 +191,14 @@ class Slimserve:
 
         return run
 
+    def batching(self, name: str) -> dict[str, object]:
+        """Whether the adaptive route batches this variant, and why (for /models)."""
+        return self.adaptive[name].decision.to_dict()
+
     async def infer_batched(self, variant: LoadedVariant, batch: np.ndarray) -> tuple[np.ndarray, int]:
-        """Queue for BentoML's adaptive batcher; returns this request's logits and the batch size used."""
-        return await self.batched[variant.name](batch)
+        """The adaptive route (``service.batching``): this request's logits and the batch size used."""
+        (logits, size), _ = await self.adaptive[variant.name](batch)
+        return logits, size
 
 
 def _timed_run(variant: LoadedVariant, batch: np.ndarray) -> tuple[np.ndarray, float]:
@@ -173,9 +209,18 @@ def _timed_run(variant: LoadedVariant, batch: np.ndarray) -> tuple[np.ndarray, f
     return logits, time.perf_counter() - start
 
 
-def _model_seconds(variant: LoadedVariant) -> float:
-    sample = np.zeros((1, *variant.manifest.spec.input_shape), dtype=np.float32)
-    return statistics.median(_timed_run(variant, sample)[1] for _ in range(5))
+def _model_seconds(variant: LoadedVariant, size: int) -> float | None:
+    """Seconds of one model call on ``size`` images: the fastest of five, after one untimed
+    call (ORT allocates for a new shape on its first run). The fastest, not the median: on a
+    busy host other processes only ever add time, and a median of five drifted by up to 3x
+    between start-ups there. None when the model cannot run a batch of that size."""
+    sample = np.zeros((size, *variant.manifest.spec.input_shape), dtype=np.float32)
+    try:
+        _timed_run(variant, sample)
+        return min(_timed_run(variant, sample)[1] for _ in range(5))
+    except Exception:  # a graph fixed to another batch size: ORT raises its own pybind types
+        logger.info("%s cannot run a batch of %d; it is served one request at a time", variant.tag, size)
+        return None
 
 
 # Model references at class scope (BentoML reads them when the class is decorated, and a

@@ -1,11 +1,19 @@
-"""The adaptive batcher's wait for company stays bounded by one model call."""
+"""The adaptive route: batching only where a batch pays, never waiting for company that is not
+there, and BentoML's batcher's wait for company bounded by one model call."""
 
 import asyncio
 
 import pytest
 from bentoml._internal.marshal.dispatcher import Optimizer
 
-from service.batching import BoundedWaitOptimizer, adaptive_dispatcher
+from service.batching import (
+    MAX_BATCH_COST_RATIO,
+    AdaptiveRoute,
+    BatchDecision,
+    BoundedWaitOptimizer,
+    adaptive_dispatcher,
+    decide,
+)
 
 
 def _after_a_burst(optimizer: Optimizer) -> Optimizer:
@@ -85,3 +93,127 @@ def test_dispatcher_never_batches_more_than_the_cap():
     results = asyncio.run(main())
     assert results == [[r * 100 + i + 1] for r in range(6) for i in range(12)]
     assert max(sizes) == 8 and sum(sizes) == 72
+
+
+# ---------------------------------------------------------------- when to batch at all
+
+
+def test_a_batch_that_costs_as_much_as_single_calls_turns_batching_off():
+    cheap = decide(single_seconds=0.0004, batch_seconds=32 * 0.0004 * 0.98, batch_size=32)
+    assert not cheap.enabled
+    assert cheap.to_dict() == {"enabled": False, "reason": "batch 32 costs 0.98x of 32 single calls"}
+    slower = decide(single_seconds=0.0004, batch_seconds=32 * 0.0005, batch_size=32)
+    assert not slower.enabled and "1.25x" in slower.reason
+
+
+def test_a_batch_that_saves_turns_batching_on():
+    paying = decide(single_seconds=0.004, batch_seconds=32 * 0.001, batch_size=32)
+    assert paying.enabled and paying.reason == "batch 32 costs 0.25x of 32 single calls"
+    at_margin = decide(single_seconds=0.001, batch_seconds=8 * 0.001 * MAX_BATCH_COST_RATIO, batch_size=8)
+    assert at_margin.enabled
+
+
+def test_no_batching_when_the_model_cannot_take_a_batch_or_the_cap_is_one():
+    assert not decide(0.001, None, 32).enabled
+    assert "failed on a batch of 32" in decide(0.001, None, 32).reason
+    assert decide(0.001, 0.0001, 1) == BatchDecision(False, "max_batch_size is 1")
+
+
+def _route(enabled: bool, seconds: float, calls: list[tuple[str, int]]) -> AdaptiveRoute:
+    """An adaptive route over BentoML's real dispatcher; ``calls`` records (path, images) per model call."""
+
+    async def batched(items: tuple[list[int], ...]) -> list[list[int]]:
+        calls.append(("batched", len(items)))
+        await asyncio.sleep(seconds)
+        return [[value * 10 for value in item] for item in items]
+
+    async def direct(item: list[int]) -> list[int]:
+        calls.append(("direct", 1))
+        await asyncio.sleep(seconds)
+        return [value * 10 for value in item]
+
+    dispatcher = adaptive_dispatcher(2000, 8, fallback=lambda: None)
+    decision = BatchDecision(enabled, "test")
+    return AdaptiveRoute(decision, dispatcher, dispatcher(batched), direct)
+
+
+def test_batching_off_sends_every_concurrent_request_straight_to_the_model():
+    calls: list[tuple[str, int]] = []
+
+    async def main() -> list[tuple[list[int], bool]]:
+        route = _route(False, 0.005, calls)
+        results = []
+        for round_ in range(4):
+            results += await asyncio.gather(*(route([round_ * 100 + i]) for i in range(8)))
+        route.dispatcher.shutdown()
+        return results
+
+    results = asyncio.run(main())
+    assert [r for r, _ in results] == [[(r * 100 + i) * 10] for r in range(4) for i in range(8)]
+    assert not any(via_batcher for _, via_batcher in results)
+    assert calls == [("direct", 1)] * 32
+
+
+def test_batching_on_still_sends_a_lone_request_straight_to_the_model():
+    """Sequential requests find the model idle and the queue empty: no wait for company."""
+    calls: list[tuple[str, int]] = []
+
+    async def main() -> list[tuple[list[int], bool]]:
+        route = _route(True, 0.002, calls)
+        results = [await route([i]) for i in range(10)]
+        route.dispatcher.shutdown()
+        return results
+
+    results = asyncio.run(main())
+    assert results == [([i * 10], False) for i in range(10)]
+    assert calls == [("direct", 1)] * 10
+
+
+def test_batching_on_queues_requests_that_arrive_together():
+    """A burst: every request finds others on the route, so all queue in BentoML's dispatcher
+    and are served in batches, each with its own rows."""
+    calls: list[tuple[str, int]] = []
+
+    async def main() -> list[tuple[list[int], bool]]:
+        route = _route(True, 0.005, calls)
+        results = []
+        for round_ in range(6):
+            results += await asyncio.gather(*(route([round_ * 100 + i]) for i in range(8)))
+        route.dispatcher.shutdown()
+        return results
+
+    results = asyncio.run(main())
+    assert [r for r, _ in results] == [[(r * 100 + i) * 10] for r in range(6) for i in range(8)]
+    assert all(via_batcher for _, via_batcher in results)
+    assert max(n for path, n in calls if path == "batched") > 1
+    assert sum(n for _, n in calls) == 48
+
+
+def test_batching_on_forms_batches_for_a_model_that_runs_in_place():
+    """A fast model runs on the event loop and never yields; requests that arrive together
+    must still meet in the batcher rather than each finding the route empty."""
+    calls: list[tuple[str, int]] = []
+
+    async def batched(items: tuple[list[int], ...]) -> list[list[int]]:
+        calls.append(("batched", len(items)))
+        return [[value + 1 for value in item] for item in items]
+
+    async def direct(item: list[int]) -> list[int]:
+        calls.append(("direct", 1))
+        return [value + 1 for value in item]
+
+    async def main() -> list[tuple[list[int], bool]]:
+        dispatcher = adaptive_dispatcher(2000, 8, fallback=lambda: None)
+        route = AdaptiveRoute(BatchDecision(True, "test"), dispatcher, dispatcher(batched), direct)
+        results = []
+        for round_ in range(6):
+            results += await asyncio.gather(*(route([round_ * 100 + i]) for i in range(8)))
+        results.append(await route([7]))  # alone again: straight to the model
+        dispatcher.shutdown()
+        return results
+
+    results = asyncio.run(main())
+    assert [r for r, _ in results[:-1]] == [[r * 100 + i + 1] for r in range(6) for i in range(8)]
+    assert results[-1] == ([8], False)
+    assert max(n for path, n in calls if path == "batched") > 1
+    assert calls[-1] == ("direct", 1)

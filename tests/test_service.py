@@ -10,6 +10,7 @@ import base64
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from PIL import Image
 from export.pipeline import export_bundle
 from export.registry import register_bundle
 from export.variants import BUILDERS
+from service.batching import MAX_BATCH_COST_RATIO
 from service.config import ServeConfig
 from service.store import load_variant
 from slimserve.errors import SlimserveError
@@ -259,6 +261,41 @@ def test_variant_selection_and_model_list(server, bundle, sample_png):
 
 
 @pytest.mark.http
+def test_models_say_per_variant_whether_the_adaptive_route_batches(server):
+    """The start-up measurement behind each decision is in /models: batching is on exactly
+    where a batch of max_batch_size cost at most MAX_BATCH_COST_RATIO of as many single calls."""
+    listing = server.client.get("/models").json()
+    for entry in listing["variants"]:
+        decision = entry["batching"]
+        if entry["variant"] == "broken":  # its graph fails beyond batch 1
+            assert decision == {"enabled": False, "reason": "the model failed on a batch of 32 at start-up"}
+            continue
+        match = re.fullmatch(r"batch 32 costs ([0-9.]+)x of 32 single calls", decision["reason"])
+        assert match, decision
+        shown = float(match.group(1))  # rounded to 2 decimals: the exact ratio may sit on either side
+        if abs(shown - MAX_BATCH_COST_RATIO) > 0.005:
+            assert decision["enabled"] is (shown < MAX_BATCH_COST_RATIO)
+
+
+@pytest.mark.http
+def test_predict_on_a_model_batching_does_not_pay_for_goes_straight_to_the_model(server, sample_png):
+    """``broken`` answers a batch of one and fails on any larger one, so 16 concurrent requests
+    on /predict all succeed only if none of them was batched with another."""
+
+    def ask(_: int) -> httpx.Response:
+        return server.client.post(
+            "/predict?variant=broken", content=sample_png, headers={"Content-Type": "image/png"}
+        )
+
+    calls_before = _metric(server, 'slimserve_batch_size_count{variant="broken"}')
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(ask, range(48)))
+    assert [a.status_code for a in answers] == [200] * 48
+    assert {a.json()["batch_size"] for a in answers} == {1}
+    assert _metric(server, 'slimserve_batch_size_count{variant="broken"}') - calls_before == 48
+
+
+@pytest.mark.http
 def test_served_process_never_imports_torch(server):
     """Every process under `slimserve serve` (BentoML's arbiter and workers) is free of libtorch."""
     processes = _descendants(server.process.pid)
@@ -302,7 +339,7 @@ def test_served_predictions_equal_in_process_pytorch_on_100_pngs(server, fashion
     batched_before = _metric(server, 'slimserve_batch_size_sum{variant="fp32"}')
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(ask, paths))
-    # Every image went through BentoML's batcher exactly once, whatever batches it formed.
+    # Every image went through one model call of the adaptive route exactly once, batched or not.
     assert _metric(server, 'slimserve_batch_size_sum{variant="fp32"}') - batched_before == 100
     served_top1 = np.array([a["predictions"][0]["index"] for a in answers])
     assert np.array_equal(served_top1, expected.argmax(1))
