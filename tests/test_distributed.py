@@ -13,11 +13,14 @@ import sys
 import time
 from pathlib import Path
 
+import kubernetes_validate
 import pytest
 import safetensors.torch
 import torch
+import yaml
 from conftest import free_port
 from rich.console import Console
+from test_kubernetes import KUBERNETES_VERSIONS, cpu_quantity
 
 from slimserve.errors import SlimserveError
 from training.checkpoint import METADATA_FILE, WEIGHTS_FILE
@@ -201,3 +204,86 @@ def test_torchrun_run_interrupted_and_resumed_ends_where_an_uninterrupted_run_do
         assert torch.equal(tensor, again[name]), name
     assert _metadata(resumed)["metrics"] == _metadata(tmp_path / "straight")["metrics"]
     _assert_ranks_identical(resumed)
+
+
+# ------------------------------------------------------------------ the Kubeflow PyTorchJob
+
+TRAINING_MANIFESTS = REPO_ROOT / "deploy" / "kubernetes" / "training"
+
+
+def _rendered_training_manifests() -> list[dict]:
+    from test_kubernetes import _kustomize_command
+
+    command = _kustomize_command(TRAINING_MANIFESTS)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_pytorchjob_manifests_are_valid_and_run_what_slimserve_and_torchrun_accept(version):
+    """kubernetes-validate has no schema for the operator's CRD: the PVC and the pod
+    template are validated strictly as core objects, the PyTorchJob's own fields by hand,
+    and the container's command by torchrun's and slimserve's real parsers."""
+    docs = {doc["kind"]: doc for doc in _rendered_training_manifests()}
+    assert set(docs) == {"PyTorchJob", "PersistentVolumeClaim"}
+    pvc, job = docs["PersistentVolumeClaim"], docs["PyTorchJob"]
+    assert kubernetes_validate.validate(pvc, version, strict=True) == version.rsplit(".", 1)[0]
+    assert "ReadWriteMany" in pvc["spec"]["accessModes"]  # two nodes mount it
+
+    assert job["apiVersion"] == "kubeflow.org/v1"
+    spec = job["spec"]
+    assert set(spec) <= {"nprocPerNode", "elasticPolicy", "runPolicy", "pytorchReplicaSpecs"}
+    assert set(spec["runPolicy"]) <= {"backoffLimit", "cleanPodPolicy", "ttlSecondsAfterFinished"}
+    assert set(spec["pytorchReplicaSpecs"]) == {"Worker"}  # elastic jobs have no Master
+    worker = spec["pytorchReplicaSpecs"]["Worker"]
+    assert set(worker) == {"replicas", "restartPolicy", "template"}
+    elastic = spec["elasticPolicy"]
+    assert set(elastic) <= {"rdzvBackend", "minReplicas", "maxReplicas", "maxRestarts"}
+    assert elastic["rdzvBackend"] == "c10d"
+    assert elastic["minReplicas"] == elastic["maxReplicas"] == worker["replicas"] == 2
+    assert isinstance(spec["nprocPerNode"], str) and spec["nprocPerNode"].isdigit()  # a string in the CRD
+
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "worker"},
+        "spec": worker["template"]["spec"],
+    }
+    assert kubernetes_validate.validate(pod, version, strict=True) == version.rsplit(".", 1)[0]
+    (container,) = pod["spec"]["containers"]
+    assert container["name"] == "pytorch"  # what the operator injects its variables into
+
+    command = container["command"]
+    assert command[0] == "torchrun"
+    module = command.index("-m")
+    from torch.distributed.run import get_args_parser
+
+    launcher = get_args_parser().parse_args(command[1:])
+    assert launcher.module and launcher.training_script == "commands.main"
+    assert launcher.max_restarts == elastic["maxRestarts"] == 0
+    from commands.main import build_parser
+
+    args = build_parser().parse_args(command[module + 2 :])
+    assert args.command == "train"
+    from training.cli import train_config_from_args
+
+    config = train_config_from_args(args, args.model)
+    processes = worker["replicas"] * int(spec["nprocPerNode"])
+    assert config.batch_size % processes == 0
+    assert config.threads == cpu_quantity(container["resources"]["limits"]["cpu"]) // int(
+        spec["nprocPerNode"]
+    )
+
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    claims = {
+        v["name"]: v["persistentVolumeClaim"]["claimName"]
+        for v in pod["spec"]["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    assert set(claims.values()) == {pvc["metadata"]["name"]}
+    shared = Path(mounts[next(iter(claims))])
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert Path(env["SLIMSERVE_FASHION_MNIST_DIR"]).is_relative_to(shared)
+    assert Path(args.out).is_relative_to(shared)  # rank 0 writes where a resumed worker reads
+    assert {"/tmp", "/dev/shm"} <= set(mounts.values())  # the root filesystem is read-only
