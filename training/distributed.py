@@ -15,6 +15,7 @@ the optimizer steps on the global batch's mean gradient on every rank.
 
 import datetime
 import hashlib
+import logging
 import os
 import uuid
 from collections.abc import Callable, Mapping
@@ -139,8 +140,10 @@ def sum_counts(values: list[float], world: World) -> list[float]:
     """Per-rank counts (images, correct, loss sums) added over all ranks, on every rank."""
     if world.size == 1:
         return values
-    tensor = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(tensor)  # gloo and NCCL both reduce CPU/GPU float64; gloo is CPU-only
+    # NCCL reduces only CUDA tensors (on this rank's GPU, set by process_device); gloo CPU ones.
+    on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    tensor = torch.tensor(values, dtype=torch.float64, device=on)
+    dist.all_reduce(tensor)
     return tensor.tolist()
 
 
@@ -188,10 +191,22 @@ def launch(nproc: int, entrypoint: Callable[..., T], *args: Any) -> T:
         max_restarts=0,
         monitor_interval=0.5,
     )
+    # The launcher logs every worker's traceback at ERROR; a SlimserveError is one line for
+    # the user, anything else re-raises with the launcher's full report.
+    loggers = [logging.getLogger(name) for name in ("torch.distributed.elastic", "torch.multiprocessing")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.CRITICAL)
     try:
         results = elastic_launch(config, entrypoint)(*args)
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
-        message = str(failure.message).removeprefix(f"{SlimserveError.__name__}: ")
-        raise SlimserveError(f"training process {rank} failed: {message}") from None
+        message = failure.message["message"] if isinstance(failure.message, dict) else str(failure.message)
+        prefix = f"{SlimserveError.__name__}: "
+        if not message.startswith(prefix):
+            raise
+        raise SlimserveError(f"training process {rank}: {message.removeprefix(prefix)}") from None
+    finally:
+        for log, level in zip(loggers, levels, strict=True):
+            log.setLevel(level)
     return results[0]

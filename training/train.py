@@ -469,8 +469,13 @@ def train(
     With ``distillation`` the loss learns from the teacher's soft targets as well as the
     labels; everything else (data order, augmentation, schedule) is what the same config
     without a teacher does, so the two runs differ only in the loss.
+
+    With ``config.nproc`` > 1 this launches that many processes, each of which calls
+    ``train`` again and trains its slice of every global batch (``training.distributed``);
+    under torchrun the launcher's environment says which process this is.
     """
     config, run_dir, state = _open_run(config, run_dir, resume, overwrite)
+    requested = resolve_device(config.device)  # refused here, before any process starts
     world = distributed.launched_world()
     if world is None and config.nproc > 1:
         if distillation is not None:
@@ -488,7 +493,7 @@ def train(
         raise SlimserveError(
             f"--batch-size {config.batch_size} must be a multiple of the {world.size} processes"
         )
-    device = distributed.process_device(resolve_device(config.device), world)
+    device = distributed.process_device(requested, world)
     created = distributed.join(world, device)
     try:
         return _train_in_world(config, run_dir, state, world, device, console, distillation)
