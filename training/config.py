@@ -122,7 +122,19 @@ class TrainConfig:
         help="mixed precision: auto uses bf16/fp16 where the GPU or CPU supports it natively",
         choices=AMP_MODES,
     )
-    threads: int | None = option(None, help="torch CPU threads", parse=positive_int, unset="all cores")
+    threads: int | None = option(
+        None,
+        help="torch CPU threads per process",
+        parse=positive_int,
+        unset="all cores, split between processes",
+    )
+    nproc: int = option(
+        1,
+        help="data-parallel processes on this machine (DDP: gloo on CPU, NCCL with one GPU each); "
+        "--batch-size stays the global batch, each process takes batch/N, so accuracy matches one process. "
+        "For several machines start 'torchrun ... -m commands.main train' instead (README)",
+        parse=positive_int,
+    )
     download: bool = option(
         False,
         help="allow torchvision to download mnist/cifar10, and timm/torchvision to download --weights imagenet",
@@ -202,6 +214,12 @@ class TrainConfig:
             (self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}"),
             (self.amp in AMP_MODES, f"--amp must be one of {', '.join(AMP_MODES)}"),
             (self.threads is None or self.threads >= 1, "--threads must be at least 1"),
+            (self.nproc >= 1, "--nproc must be at least 1"),
+            (
+                self.batch_size % self.nproc == 0,
+                f"--batch-size {self.batch_size} must be a multiple of --nproc {self.nproc} "
+                "(every process takes an equal share of the global batch)",
+            ),
             (self.image_size >= 8, "--image-size must be at least 8"),
             (self.channels in (1, 3), "--channels must be 1 or 3"),
             (0 < self.val_fraction < 1, "--val-fraction must be between 0 and 1"),

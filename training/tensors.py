@@ -51,14 +51,28 @@ def batches(
     *,
     generator: torch.Generator | None = None,
     drop_last: bool = False,
+    shard: tuple[int, int] | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Mini-batches, shuffled by ``generator`` when one is given."""
+    """Mini-batches, shuffled by ``generator`` when one is given.
+
+    ``shard=(rank, size)``: each batch is cut into ``size`` contiguous slices and rank
+    ``rank`` gets its slice, so when every rank seeds ``generator`` alike the ranks' slices
+    together are exactly the one-process batch (DistributedSampler shards the epoch
+    instead, which would change what one optimizer step sees).
+    """
     count = len(data)
     order = torch.randperm(count, generator=generator) if generator is not None else torch.arange(count)
     stop = count - count % batch_size if drop_last and count > batch_size else count
     for start in range(0, stop, batch_size):
         index = order[start : start + batch_size]
+        if shard is not None:
+            index = index.tensor_split(shard[1])[shard[0]]
         yield data.images[index], data.labels[index]
+
+
+def shard_of(data: ImageTensors, rank: int, size: int) -> ImageTensors:
+    """Rank ``rank``'s contiguous slice of ``size``, e.g. of the test set to evaluate in parallel."""
+    return ImageTensors(data.images.tensor_split(size)[rank], data.labels.tensor_split(size)[rank])
 
 
 def batch_count(data: ImageTensors, batch_size: int, drop_last: bool) -> int:

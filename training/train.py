@@ -31,14 +31,16 @@ from slimserve.console import cli_console
 from slimserve.errors import SlimserveError
 from slimserve.naming import default_run_dir
 from slimserve.spec import PreprocessSpec
+from training import distributed
 from training.backbones import get_head
 from training.checkpoint import METADATA_FILE, atomic_write, save_checkpoint
 from training.config import TrainConfig
 from training.datasets import LoadedData, limit_dataset, load_data
 from training.distillation import Distillation
+from training.distributed import World
 from training.models import build_model
 from training.pretrained import Weights
-from training.tensors import ImageTensors, batch_count, batches, materialize
+from training.tensors import ImageTensors, batch_count, batches, materialize, shard_of
 from training.transfer import (
     describe,
     freeze_backbone,
@@ -324,14 +326,26 @@ class EpochStats:
     correct: int
     loss_sum: float
     seconds: float
+    per_process: tuple[float, ...] = ()  # each process's img/s when there are several
 
     @property
-    def row(self) -> dict[str, float]:
+    def row(self) -> dict[str, Any]:
         return {
             "train_loss": self.loss_sum / self.images,
             "train_accuracy": self.correct / self.images,
             "images_per_second": self.images / self.seconds,
+            **({"images_per_second_per_process": list(self.per_process)} if self.per_process else {}),
         }
+
+    def across(self, world: World) -> "EpochStats":
+        """All ranks' counts added (every rank trained on its slice of each global batch);
+        the epoch took as long as the slowest rank."""
+        if world.size == 1:
+            return self
+        images, correct, loss_sum = distributed.sum_counts([self.images, self.correct, self.loss_sum], world)
+        rates = distributed.gather(self.images / self.seconds, world)
+        seconds = max(distributed.gather(self.seconds, world))
+        return EpochStats(int(images), int(correct), loss_sum, seconds, tuple(rates))
 
 
 @dataclass(frozen=True)
@@ -385,14 +399,18 @@ def train_epoch(
     generator: torch.Generator,
     progress: Progress,
     description: str,
+    shard: tuple[int, int] | None = None,
 ) -> EpochStats:
     """One pass over ``train_set`` in the order ``generator`` draws; also used by export's
-    fine-tuning of pruned models, which cannot be rebuilt from a recipe."""
+    fine-tuning of pruned models, which cannot be rebuilt from a recipe. With ``shard``
+    this process trains on its slice of each global batch (``training.distributed``)."""
     plan.train_mode(model)
     total = batch_count(train_set, plan.batch_size, drop_last=True)
     task = progress.add_task(description, total=total, loss=0.0, acc=0.0, ips=0.0)
     seen, correct, loss_sum, started = 0, 0, 0.0, time.perf_counter()
-    for pixels, labels in batches(train_set, plan.batch_size, generator=generator, drop_last=True):
+    for pixels, labels in batches(
+        train_set, plan.batch_size, generator=generator, drop_last=True, shard=shard
+    ):
         logits, loss = _train_step(model, plan, pixels, labels, description)
         seen += labels.numel()
         correct += (logits.argmax(dim=1).cpu() == labels).sum().item()
@@ -451,12 +469,56 @@ def train(
     With ``distillation`` the loss learns from the teacher's soft targets as well as the
     labels; everything else (data order, augmentation, schedule) is what the same config
     without a teacher does, so the two runs differ only in the loss.
+
+    With ``config.nproc`` > 1 this launches that many processes, each of which calls
+    ``train`` again and trains its slice of every global batch (``training.distributed``);
+    under torchrun the launcher's environment says which process this is.
     """
-    console = console or cli_console()
     config, run_dir, state = _open_run(config, run_dir, resume, overwrite)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    device = resolve_device(config.device)
+    requested = resolve_device(config.device)  # refused here, before any process starts
+    world = distributed.launched_world()
+    if world is None and config.nproc > 1:
+        if distillation is not None:
+            raise SlimserveError("distillation trains in one process; drop --nproc")
+        return distributed.launch(config.nproc, _train_worker, config, run_dir, resume, overwrite)
+    world = world or World()
+    if config.nproc == 1 and world.local_size > 1:  # torchrun's workers: --resume without it relaunches them
+        config = dataclasses.replace(config, nproc=world.local_size)
+    if config.nproc not in (1, world.local_size):
+        raise SlimserveError(
+            f"--nproc {config.nproc} disagrees with the launcher's {world.local_size} processes per machine; "
+            "under torchrun leave --nproc out"
+        )
+    if config.batch_size % world.size:
+        raise SlimserveError(
+            f"--batch-size {config.batch_size} must be a multiple of the {world.size} processes"
+        )
+    device = distributed.process_device(requested, world)
+    created = distributed.join(world, device)
+    try:
+        return _train_in_world(config, run_dir, state, world, device, console, distillation)
+    finally:
+        distributed.leave(created)
+
+
+def _train_worker(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool) -> TrainResult:
+    """What each process ``--nproc`` launches runs (module level: the launcher pickles it)."""
+    return train(config, run_dir, resume=resume, overwrite=overwrite)
+
+
+def _train_in_world(
+    config: TrainConfig,
+    run_dir: Path,
+    state: dict[str, Any] | None,
+    world: World,
+    device: torch.device,
+    console: Console | None,
+    distillation: Distillation | None,
+) -> TrainResult:
+    """The epochs, as one process of ``world``: rank 0 prints and writes the run folder."""
+    console = (console or cli_console()) if world.is_main else Console(quiet=True)
+    if config.threads or world.local_size > 1:
+        torch.set_num_threads(config.threads or distributed.threads_per_process(world))
     amp_dtype = resolve_amp_dtype(config.amp, device)
     pretrained, weights = pretrained_model(config) if config.weights is not None else (None, None)
     data = _load_run_data(config, weights)
@@ -476,7 +538,8 @@ def train(
         session.scheduler.load_state_dict(state["scheduler"])
         start_epoch, history, elapsed = state["epoch"], state["history"], state["seconds"]
         console.print(f"Resuming {run_dir} from epoch {start_epoch}")
-    _announce(console, config, data, session, device, amp_dtype)
+    trained = distributed.wrap(session.trained, device, world)
+    _announce(console, config, data, session, device, amp_dtype, world)
     table = Table("epoch", "train loss", "train acc", "test acc", "img/s", "time", title=str(run_dir))
     with _progress(console) as progress:
         for epoch in range(start_epoch, config.epochs):
@@ -485,17 +548,16 @@ def train(
             started = time.perf_counter()
             description = f"epoch {epoch + 1}/{config.epochs}"
             stats = train_epoch(
-                session.trained,
+                trained,
                 session.train_set,
                 session.plan,
                 generator=generator,
                 progress=progress,
                 description=description,
-            )
-            predicted = _predict(
-                session.trained, session.test_set, session.eval_normalize, device, session.plan.channels_last
-            )
-            test_acc = (predicted == session.test_set.labels).float().mean().item()
+                shard=world.shard,
+            ).across(world)
+            distributed.sync_buffers(session.trained, world)
+            test_acc = _test_accuracy(session, device, world)
             elapsed += time.perf_counter() - started
             history.append({"epoch": epoch + 1, **stats.row, "test_accuracy": test_acc})
             _report_epoch(console, table, history[-1], elapsed, description)
@@ -508,9 +570,12 @@ def train(
                 "device": device.type,
                 "amp": str(amp_dtype).removeprefix("torch.") if amp_dtype else None,
                 **({"distillation": distillation.to_metadata()} if distillation else {}),
+                **_world_metadata(model, device, world),
             }
-            save_checkpoint(run_dir, model, _metadata(config, data, weights, session, extra))
-            _save_state(run_dir, _resume_state(config, model, session, history, elapsed))
+            if world.is_main:
+                save_checkpoint(run_dir, model, _metadata(config, data, weights, session, extra))
+                _save_state(run_dir, _resume_state(config, model, session, history, elapsed))
+            distributed.barrier(world)  # no rank starts the next epoch (or exits) before the files exist
     console.print(table)
     accuracy = history[-1]["test_accuracy"]
     console.print(
@@ -528,6 +593,7 @@ def _announce(
     session: Session,
     device: torch.device,
     amp_dtype: torch.dtype | None,
+    world: World,
 ) -> None:
     console.print(
         f"Training [bold]{config.model}[/] on [bold]{data.name}[/] "
@@ -535,8 +601,44 @@ def _announce(
         + (f", {describe(config)}" if config.is_backbone else "")
         + f") on {device.type}"
         + (f" with {str(amp_dtype).removeprefix('torch.')} mixed precision" if amp_dtype else "")
-        + f", {torch.get_num_threads()} threads, seed {config.seed}"
+        + f", {torch.get_num_threads()} threads"
+        + (
+            f" in each of {world.size} processes ({distributed.backend_for(device)})"
+            if world.size > 1
+            else ""
+        )
+        + f", seed {config.seed}"
     )
+
+
+def _test_accuracy(session: Session, device: torch.device, world: World) -> float:
+    """Test accuracy of the (unwrapped) model; several processes each predict a slice."""
+    plan = session.plan
+    if world.size == 1:
+        predicted = _predict(
+            session.trained, session.test_set, session.eval_normalize, device, plan.channels_last
+        )
+        return (predicted == session.test_set.labels).float().mean().item()
+    part = shard_of(session.test_set, world.rank, world.size)
+    predicted = _predict(session.trained, part, session.eval_normalize, device, plan.channels_last)
+    correct, count = distributed.sum_counts([(predicted == part.labels).sum().item(), len(part)], world)
+    return correct / count
+
+
+def _world_metadata(model: nn.Module, device: torch.device, world: World) -> dict[str, Any]:
+    """For several processes: how many, over what, and every rank's weight digest (all equal,
+    or this raises), so the run folder shows the replicas stayed identical."""
+    if world.size == 1:
+        return {}
+    digests = distributed.gather(distributed.state_digest(model.state_dict()), world)
+    distributed.check_identical(digests)
+    return {
+        "distributed": {
+            "processes": world.size,
+            "backend": distributed.backend_for(device),
+            "rank_weight_sha256": digests,
+        }
+    }
 
 
 def _resume_state(
@@ -567,5 +669,11 @@ def _report_epoch(
     )
     console.print(
         f"{description}: loss {row['train_loss']:.4f}  train {row['train_accuracy']:.2%}  "
-        f"test {row['test_accuracy']:.2%}  {row['images_per_second']:,.0f} img/s  {elapsed:.0f}s"
+        f"test {row['test_accuracy']:.2%}  {row['images_per_second']:,.0f} img/s"
+        + (
+            " (" + " + ".join(f"{r:,.0f}" for r in row["images_per_second_per_process"]) + " per process)"
+            if "images_per_second_per_process" in row
+            else ""
+        )
+        + f"  {elapsed:.0f}s"
     )
