@@ -90,7 +90,9 @@ class PreprocessSpec:
         data["std"] = list(self.std)
         data["input_shape"] = list(self.input_shape)
         data["version"] = SPEC_VERSION
-        return data
+        # An absent optional field reads as None (from_dict), and BentoML's model store drops
+        # None values from metadata: omitting them keeps every copy of a spec equal.
+        return {key: value for key, value in data.items() if value is not None}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PreprocessSpec":

@@ -77,7 +77,7 @@ def test_a_wrong_variant_fails_its_canary_served_anyway_unless_strict(bundle):
 
 def test_serve_strict_refuses_a_variant_below_its_canary_budget_with_one_line(bundle):
     result = subprocess.run(
-        [sys.executable, "-m", "slimserve.cli", "serve", "--bundle", BUNDLE, "--variants", "fp32,nan",
+        [sys.executable, "-m", "commands.main", "serve", "--bundle", BUNDLE, "--variants", "fp32,nan",
          "--strict", "--providers", "cpu", "--port", "1"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip

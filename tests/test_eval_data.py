@@ -88,11 +88,16 @@ def test_folder_dataset_split_is_the_same_for_training_export_bench_and_evaluate
 
     # The split really differs from the defaults' (what the benchmark used to score).
     defaults = load_data(checkpoint.metadata["dataset"], image_size=28, channels=1)
-    held_out = {
-        _pixels(path) for path, _ in (defaults.test.dataset.samples[i] for i in defaults.test.indices)
-    }
+    held_out = {_pixels(path) for path in _split_paths(defaults.test)}
     ours = checkpoint_data(checkpoint).test
-    assert {_pixels(ours.dataset.samples[i][0]) for i in ours.indices} != held_out
+    assert {_pixels(path) for path in _split_paths(ours)} != held_out
+
+
+def _split_paths(split) -> list[Path]:
+    """The files of a split, whether a seeded Subset of one folder or a folder of its own."""
+    if hasattr(split, "indices"):
+        return [split.dataset.samples[i][0] for i in split.indices]
+    return [path for path, _ in split.samples]
 
 
 def test_bench_refuses_a_folder_split_it_cannot_rebuild(folder_run, tmp_path):

@@ -370,7 +370,7 @@ def _store_copy(bundle, name: str) -> Path:
 
 def _serve_cli(bundle_name: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "slimserve.cli", "serve", "--bundle", bundle_name, "--port", "1"],
+        [sys.executable, "-m", "commands.main", "serve", "--bundle", bundle_name, "--port", "1"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
 

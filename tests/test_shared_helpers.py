@@ -17,11 +17,9 @@ from slimserve.samples import write_pngs
 from slimserve.store_names import is_bundle_model, store_labels
 
 
-def test_default_run_dir_keeps_a_folder_dataset_one_level_below_runs():
+def test_default_run_dir_names_a_folder_dataset_after_its_own_folder():
     assert default_run_dir("cnn", "fashion-mnist") == Path("runs/cnn-fashion-mnist")
-    assert default_run_dir("cnn", "folder:/data/bees/", "distilled") == Path(
-        "runs/cnn-folder-_data_bees-distilled"
-    )
+    assert default_run_dir("cnn", "folder:/data/bees/", "distilled") == Path("runs/cnn-bees-distilled")
 
 
 def test_write_json_refuses_nan_when_strict_and_leaves_no_temporary_file(tmp_path):
