@@ -56,7 +56,7 @@ class BiasCorrection:
         for name in inputs:
             model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
         session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-        sums = {name: np.zeros(0) for name in inputs}
+        sums: dict[str, np.ndarray | float] = dict.fromkeys(inputs, 0.0)
         for start in range(0, len(images), BATCH):
             batch = images[start : start + BATCH]
             for name, value in zip(inputs, session.run(inputs, {INPUT_NAME: batch}), strict=True):
