@@ -48,10 +48,11 @@ class BiasCorrection:
         model = onnx.load(str(model_path))
         initializers = {tensor.name for tensor in model.graph.initializer}
         self.convs = [
-            node
-            for node in model.graph.node
-            if node.op_type == "Conv" and len(node.input) > 2 and node.input[1] in initializers
+            node for node in model.graph.node if node.op_type == "Conv" and node.input[1] in initializers
         ]
+        if not self.convs:
+            self.means: dict[str, np.ndarray] = {}
+            return
         inputs = list(dict.fromkeys(node.input[0] for node in self.convs))
         for name in inputs:
             model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
@@ -74,8 +75,16 @@ class BiasCorrection:
             if node.name not in layers:
                 continue
             weight = numpy_helper.to_array(initializers[node.input[1]])
-            bias = initializers[node.input[2]]
             shift = output_shift(weight, levels, self.means[node.name], _group(node))
+            target = next(n for n in model.graph.node if n.name == node.name)
+            if len(target.input) < 3:  # a Conv without bias (a folded BN with zero shift) gets one
+                bias = model.graph.initializer.add()
+                bias.CopyFrom(
+                    numpy_helper.from_array(np.zeros(weight.shape[0], np.float32), f"{node.name}.bias")
+                )
+                target.input.append(bias.name)
+                initializers[bias.name] = bias
+            bias = initializers[target.input[2]]
             corrected = numpy_helper.to_array(bias) - shift
             bias.CopyFrom(numpy_helper.from_array(corrected.astype(np.float32), bias.name))
         onnx.save(model, str(out))
