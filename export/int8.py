@@ -1,7 +1,9 @@
 """INT8 variants: ONNX Runtime static QDQ for the ONNX file, PyTorch x86 for TorchScript.
 
 Both start from the same float model (fp32, or the pruned one for ``pruned-int8``) and go
-through the accuracy-aware search in ``int8_search``. The ONNX file is compared with its
+through the accuracy-aware search in ``int8_search``. The ONNX recipe is the hardware preset
+for this CPU (``int8_presets``: reduce_range where there is no VNNI) with bias correction;
+the preset is saved in the manifest beside the model. The ONNX file is compared with its
 float parent (logits cannot match to 1e-4 after quantization, so that parity is recorded,
 not enforced; the accuracy budget is the gate). The TorchScript file must reproduce the
 eager INT8 model it was traced from exactly like a float export would.
