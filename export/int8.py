@@ -1,7 +1,9 @@
 """INT8 variants: ONNX Runtime static QDQ for the ONNX file, PyTorch x86 for TorchScript.
 
 Both start from the same float model (fp32, or the pruned one for ``pruned-int8``) and go
-through the accuracy-aware search in ``int8_search``. The ONNX file is compared with its
+through the accuracy-aware search in ``int8_search``. The ONNX recipe is the hardware preset
+for this CPU (``int8_presets``: reduce_range where there is no VNNI) with bias correction;
+the preset is saved in the manifest beside the model. The ONNX file is compared with its
 float parent (logits cannot match to 1e-4 after quantization, so that parity is recorded,
 not enforced; the accuracy budget is the gate). The TorchScript file must reproduce the
 eager INT8 model it was traced from exactly like a float export would.
@@ -25,6 +27,7 @@ from export.building import (
 from export.checks import accuracy, predict
 from export.failures import export_step
 from export.formats import check_onnx, write_torchscript
+from export.int8_presets import resolve_preset
 from export.int8_search import BudgetMissed, fit_budget
 from export.quantize_onnx import METHODS, OnnxQuantizer, op_counts
 from export.quantize_torch import is_linear_only, quantizable_layers, quantize_model
@@ -48,6 +51,7 @@ def _mse(a: np.ndarray, b: np.ndarray) -> float:
 
 def _onnx_int8(ctx: ExportContext, float_onnx: Path, out: Path, float_accuracy: float) -> dict[str, Any]:
     settings = ctx.settings
+    preset = resolve_preset(settings.int8_target)
     calibration = ctx.calibration()
     probe = calibration.images[:SENSITIVITY_IMAGES]
     float_probe = predict(open_runner("onnx", float_onnx), probe)
@@ -58,7 +62,7 @@ def _onnx_int8(ctx: ExportContext, float_onnx: Path, out: Path, float_accuracy: 
 
     with tempfile.TemporaryDirectory(prefix="slimserve-int8-") as work:
         with export_step(ORT_STEP, "onnx"):
-            quantizer = OnnxQuantizer(float_onnx, calibration, settings.int8_target, Path(work))
+            quantizer = OnnxQuantizer(float_onnx, calibration, preset, Path(work))
 
         def quantized(path: Path, method: str, **layers: tuple[str, ...]) -> Runner:
             with export_step(ORT_STEP, "onnx"):
@@ -84,8 +88,11 @@ def _onnx_int8(ctx: ExportContext, float_onnx: Path, out: Path, float_accuracy: 
         "quantizer": "onnxruntime.quantization.quantize_static",
         "format": "QDQ",
         "target": settings.int8_target,
-        "activations": "uint8 asymmetric" if settings.int8_target == "cpu" else "int8 symmetric",
-        "weights": "int8 symmetric per-channel",
+        # The hardware recipe, chosen for this CPU's flags (or TensorRT), saved beside the model.
+        "preset": preset.to_dict(),
+        "activations": f"{preset.activations} {'symmetric' if preset.activation_symmetric else 'asymmetric'}",
+        "weights": preset.weights + (" (7-bit, reduce_range)" if preset.reduce_range else ""),
+        "bias_correction": preset.bias_correction,
         "calibration_images": len(calibration),
         "calibration_method": final.method,
         "fp32_layers": list(final.fp32_layers),
@@ -163,7 +170,8 @@ def quantized_variant(ctx: ExportContext, name: str, float_name: str) -> dict[st
         artifacts.append(Artifact("torchscript", ts_path, reference, f"{name} eager int8", strict=True))
     macs, params = macs_and_params(model, ctx.spec)
     source = ctx.float_sparsity.get(float_name, 0.0)
-    notes = f"INT8 of {float_name}; ONNX graph quantized for the {ctx.settings.int8_target} target"
+    preset = resolve_preset(ctx.settings.int8_target).name
+    notes = f"INT8 of {float_name}; ONNX graph quantized with the {preset} preset"
     if skipped:
         notes += "; TorchScript INT8 skipped: " + skipped["torchscript"]
     notes += "; no .pt2 (INT8 torch.export programs need the separate PT2E quantization flow)"

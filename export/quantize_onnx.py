@@ -1,6 +1,9 @@
 """Static INT8 quantization of an ONNX model with onnxruntime.quantization (QDQ format).
 
-Weights are per-channel symmetric int8. Activation signedness depends on the target:
+The recipe comes from an ``Int8Preset`` (``export.int8_presets``): weights are per-channel
+symmetric int8 (7-bit with ``reduce_range`` on CPUs without VNNI), biases are corrected for
+the weights' rounding (``export.bias_correction``) before ORT quantizes, and activation
+signedness depends on the target:
 
 - ``cpu`` (default): uint8 activations, int8 weights (U8S8). VNNI's ``vpdpbusd`` multiplies
   u8 by s8, and ONNX Runtime's CPU provider fuses every QDQ Conv/Add/Gemm of a U8S8 graph
@@ -25,7 +28,9 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
+from export.bias_correction import BiasCorrection
 from export.formats import INPUT_NAME, compact_onnx
+from export.int8_presets import Int8Preset
 from training.eval_data import ImageSet
 
 METHODS = {
@@ -33,7 +38,7 @@ METHODS = {
     "entropy": CalibrationMethod.Entropy,
     "percentile": CalibrationMethod.Percentile,
 }
-TARGETS = {"cpu": QuantType.QUInt8, "tensorrt": QuantType.QInt8}
+ACTIVATION_TYPES = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
 QUANTIZABLE_OPS = ("Conv", "Gemm", "MatMul")
 CALIBRATION_BATCH = 64
 
@@ -59,9 +64,9 @@ class OnnxQuantizer:
     """Quantizes one float ONNX model repeatedly (methods, excluded layers) with calibration
     ranges computed once per method: ORT's calibration cache makes retries cheap."""
 
-    def __init__(self, float_onnx: Path, calibration: ImageSet, target: str, work_dir: Path) -> None:
+    def __init__(self, float_onnx: Path, calibration: ImageSet, preset: Int8Preset, work_dir: Path) -> None:
         self.calibration = calibration
-        self.target = target
+        self.preset = preset
         self.work_dir = work_dir
         # ORT's recommended pre-processing: shape inference and graph optimisation, so that
         # e.g. BatchNorm is folded before ranges are collected.
@@ -70,6 +75,9 @@ class OnnxQuantizer:
         self.layers = [
             node.name for node in onnx.load(str(self.prepared)).graph.node if node.op_type in QUANTIZABLE_OPS
         ]
+        self.bias_correction = (
+            BiasCorrection(self.prepared, calibration.images) if preset.bias_correction else None
+        )
 
     def quantize(
         self,
@@ -79,19 +87,26 @@ class OnnxQuantizer:
         exclude: tuple[str, ...] = (),
         only: tuple[str, ...] | None = None,
     ) -> Path:
-        symmetric = self.target == "tensorrt"
+        preset = self.preset
+        source = self.prepared
+        if self.bias_correction is not None:
+            quantized = set(only) if only is not None else set(self.layers) - set(exclude)
+            source = self.bias_correction.apply(
+                self.prepared, self.work_dir / "corrected.onnx", preset.weight_levels, quantized
+            )
         quantize_static(
-            str(self.prepared),
+            str(source),
             str(out),
             _Batches(self.calibration.images),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
-            activation_type=TARGETS[self.target],
+            reduce_range=preset.reduce_range,
+            activation_type=ACTIVATION_TYPES[preset.activations],
             weight_type=QuantType.QInt8,
             calibrate_method=METHODS[method],
             nodes_to_exclude=list(exclude),
             nodes_to_quantize=list(only) if only is not None else None,
-            extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
+            extra_options={"ActivationSymmetric": preset.activation_symmetric, "WeightSymmetric": True},
             calibration_cache_path=self.work_dir / f"calibration-{method}.json",
         )
         compact_onnx(out)

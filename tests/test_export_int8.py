@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from export.building import ExportSettings
+from export.int8_presets import resolve_preset
 from export.int8_search import BudgetMissed, fit_budget
 from export.pipeline import export_bundle
 
@@ -40,6 +41,13 @@ def test_int8_meets_accuracy_budget_and_is_default(cnn_bundle):
     # The TorchScript file reproduces the eager INT8 model it was traced from exactly.
     assert entry["parity"]["torchscript"]["max_abs_diff"] <= 1e-4
     assert entry["parity"]["torchscript"]["top1_agreement"] == 1.0
+
+
+def test_int8_manifest_records_the_preset_chosen_for_this_cpu(cnn_bundle):
+    onnx_settings = cnn_bundle.variant("int8").entry["export_settings"]["onnx"]
+    assert onnx_settings["preset"] == resolve_preset("cpu").to_dict()
+    assert onnx_settings["bias_correction"] is True
+    assert ("reduce_range" in onnx_settings["weights"]) == onnx_settings["preset"]["reduce_range"]
 
 
 def test_int8_onnx_has_quantized_convolutions_and_is_small(cnn_bundle, tmp_path):
@@ -74,6 +82,7 @@ def test_mlp_int8_uses_dynamic_quantization_and_tensorrt_signedness(tiny_mlp_run
         tiny_mlp_run, out=tmp_path, variants=["fp32", "int8"], limit=300, settings=settings, register=False
     )
     entry = manifest.variant("int8").entry
+    assert entry["export_settings"]["onnx"]["preset"]["name"] == "tensorrt"
     assert entry["export_settings"]["torchscript"]["scheme"].startswith("dynamic")
     graph = str(torch.jit.load(str(_file(manifest, "int8", "torchscript"))).inlined_graph)
     assert "quantized::linear_dynamic" in graph
