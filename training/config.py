@@ -48,7 +48,11 @@ _PHOTO = {
     "resize_shorter": 256,
 }
 BACKBONE_RECIPES: dict[str, dict[str, Any]] = {
-    # LP-FT (head probed first on cached features), BatchNorm statistics frozen, milder crops.
+    # LP-FT (head probed first on cached features, then everything fine-tuned) with BatchNorm
+    # statistics frozen. EfficientNet-Lite0, hymenoptera's 153 val photos, seed 0, measured on
+    # a busy 2-core machine (1 thread, ~115 CPU-s for the whole command): 94.77% with
+    # torchvision's crop scale (0.08, 1), 94.12% with (0.35, 1); plain fine-tuning (no probe,
+    # BatchNorm training, 6 epochs) 92.16%; the frozen recipe 93.46%. Issue 13's 95% is not met.
     "transfer": {
         **_PHOTO,
         "epochs": 5,
@@ -57,7 +61,7 @@ BACKBONE_RECIPES: dict[str, dict[str, Any]] = {
         "augment": True,
         "probe_epochs": 30,
         "freeze_bn": True,
-        "crop_scale": 0.35,
+        "crop_scale": 0.08,
     },
     "transfer-frozen": {**_PHOTO, "epochs": 30, "lr": 1e-2, "weight_decay": 0.01, "augment": False},
     "full": {**_PHOTO, "epochs": 12, "lr": 2e-3, "weight_decay": 0.05, "augment": True},
