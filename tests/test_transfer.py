@@ -39,9 +39,7 @@ def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def test_the_transfer_recipe_is_lp_ft_with_frozen_batchnorm():
     config = _config()
-    assert (
-        config.freeze == "none" and config.probe_epochs > 0 and config.freeze_bn
-    )
+    assert config.freeze == "none" and config.probe_epochs > 0 and config.freeze_bn
     frozen = _config(freeze="backbone")
     assert frozen.probe_epochs == 0 and not frozen.augment
 
