@@ -48,7 +48,21 @@ _PHOTO = {
     "resize_shorter": 256,
 }
 BACKBONE_RECIPES: dict[str, dict[str, Any]] = {
-    "transfer": {**_PHOTO, "epochs": 6, "lr": 1e-3, "weight_decay": 0.01, "augment": True},
+    # LP-FT (head probed first on cached features, then everything fine-tuned) with BatchNorm
+    # statistics frozen. EfficientNet-Lite0, hymenoptera's 153 val photos, seed 0, measured on
+    # a busy 2-core machine (1 thread, ~115 CPU-s for the whole command): 94.77% with
+    # torchvision's crop scale (0.08, 1), 94.12% with (0.35, 1); plain fine-tuning (no probe,
+    # BatchNorm training, 6 epochs) 92.16%; the frozen recipe 93.46%. Issue 13's 95% is not met.
+    "transfer": {
+        **_PHOTO,
+        "epochs": 5,
+        "lr": 1e-3,
+        "weight_decay": 0.01,
+        "augment": True,
+        "probe_epochs": 30,
+        "freeze_bn": True,
+        "crop_scale": 0.08,
+    },
     "transfer-frozen": {**_PHOTO, "epochs": 30, "lr": 1e-2, "weight_decay": 0.01, "augment": False},
     "full": {**_PHOTO, "epochs": 12, "lr": 2e-3, "weight_decay": 0.05, "augment": True},
     "fast": {**_PHOTO, "epochs": 3, "lr": 2e-3, "weight_decay": 0.05, "augment": True},
@@ -167,6 +181,24 @@ class TrainConfig:
     backbone_lr_scale: float = option(
         0.1, help="full fine-tune: the backbone's learning rate is --lr times this", parse=positive_float
     )
+    probe_epochs: int = option(
+        0,
+        help="full fine-tune: first train the new head alone for N epochs on backbone features computed once "
+        "(LP-FT), then fine-tune everything from that head",
+        unset="the recipe's; 0 (no probe) outside --recipe transfer",
+    )
+    freeze_bn: bool = option(
+        False,
+        help="full fine-tune: keep BatchNorm in eval mode (the pretrained running statistics; affine "
+        "parameters still learn)",
+        unset="the recipe's; off outside --recipe transfer",
+    )
+    crop_scale: float = option(
+        0.08,
+        help="photo augmentation: RandomResizedCrop's smallest crop, as a share of the image area",
+        parse=positive_float,
+        unset="the recipe's; {default} (torchvision's) outside --recipe transfer",
+    )
     resize_shorter: int | None = option(
         None,
         help="folder datasets: resize the shorter side to this, then centre-crop --image-size",
@@ -200,6 +232,12 @@ class TrainConfig:
                 "--freeze backbone needs pretrained --weights (a random backbone has nothing to keep)",
             ),
             (0 < self.backbone_lr_scale <= 1, "--backbone-lr-scale must be in (0, 1]"),
+            (self.probe_epochs >= 0, "--probe-epochs must not be negative"),
+            (
+                self.probe_epochs == 0 or (self.weights is not None and self.freeze == "none"),
+                "--probe-epochs is the first stage of a full fine-tune: it needs --weights and --freeze none",
+            ),
+            (0 < self.crop_scale <= 1, "--crop-scale must be in (0, 1]"),
             (
                 self.resize_shorter is None or self.resize_shorter >= self.image_size,
                 f"--resize-shorter must be at least --image-size ({self.image_size})",

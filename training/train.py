@@ -44,13 +44,16 @@ from training.tensors import ImageTensors, batch_count, batches, materialize, sh
 from training.transfer import (
     describe,
     freeze_backbone,
+    frozen_bn_train_mode,
     frozen_train_mode,
     head_inputs,
+    linear_probe,
     parameter_groups,
     pretrained_model,
     with_new_head,
 )
 from training.transforms import (
+    center_crops,
     normalize_transform,
     random_crop_flip,
     random_resized_crop_flip,
@@ -178,6 +181,7 @@ def _augmentation(config: TrainConfig, data: LoadedData, generator: torch.Genera
             size=(data.spec.height, data.spec.width),
             interpolation=data.spec.interpolation,
             hflip=data.hflip,
+            scale=(config.crop_scale, 1.0),
         )
     return functools.partial(
         random_crop_flip, padding=data.crop_padding, hflip=data.hflip, generator=generator
@@ -218,12 +222,17 @@ def _session(
     amp_dtype: torch.dtype | None,
     distillation: Distillation | None,
     generator: torch.Generator,
+    probe: bool = False,
 ) -> Session:
+    """``probe``: run LP-FT's linear probe first (a fresh run, not a resumed one)."""
     channels_last = config.model != "mlp"
     if channels_last:  # 2x faster convolutions on oneDNN and cuDNN
         model.to(memory_format=torch.channels_last)
     train_set, test_set = _prepare(config, data)
     normalize = normalize_transform(data.spec)
+    if probe and config.probe_epochs:
+        crops = ImageTensors(center_crops(train_set.images, data.spec), train_set.labels)
+        linear_probe(model, crops, normalize, device, config)
     optimizer = _optimizer(config, model)
     steps = config.epochs * batch_count(train_set, config.batch_size, drop_last=True)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
@@ -240,7 +249,7 @@ def _session(
         channels_last=channels_last,
         autocast=torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext(),
         scaler=torch.amp.GradScaler(enabled=amp_dtype == torch.float16),
-        train_mode=frozen_train_mode if config.freeze == "backbone" else nn.Module.train,
+        train_mode=_train_mode(config),
     )
     if config.freeze == "backbone" and not config.augment:
         # The frozen backbone maps each image to the same features every epoch: compute them
@@ -252,6 +261,12 @@ def _session(
         )
         return Session(head, features(train_set), features(test_set), plan, _identity, scheduler)
     return Session(model, train_set, test_set, plan, normalize, scheduler)
+
+
+def _train_mode(config: TrainConfig) -> Callable[[nn.Module], Any]:
+    if config.freeze == "backbone":
+        return frozen_train_mode
+    return frozen_bn_train_mode if config.freeze_bn else nn.Module.train
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -446,7 +461,12 @@ def _metadata(
         "preprocess": data.spec.to_dict(),
         "metrics": {"test_accuracy": extra.pop("test_accuracy"), "test_images": len(session.test_set)},
         "pretrained": weights.to_metadata() if weights else None,
-        "transfer": {"freeze": config.freeze, "backbone_lr_scale": config.backbone_lr_scale}
+        "transfer": {
+            "freeze": config.freeze,
+            "backbone_lr_scale": config.backbone_lr_scale,
+            "probe_epochs": config.probe_epochs,
+            "freeze_bn": config.freeze_bn,
+        }
         if weights
         else None,
         "seed": config.seed,
@@ -530,7 +550,7 @@ def _train_in_world(
         model.load_state_dict(state["model"])
     generator = torch.Generator()
     prepare_started = time.perf_counter()  # decoding photos, and for a frozen backbone its features
-    session = _session(config, model, data, device, amp_dtype, distillation, generator)
+    session = _session(config, model, data, device, amp_dtype, distillation, generator, probe=state is None)
     prepare_seconds = round(time.perf_counter() - prepare_started, 1)
     start_epoch, history, elapsed = 0, [], 0.0
     if state is not None:

@@ -7,7 +7,12 @@
   alone on those features: one backbone pass in total instead of one per epoch.
 - ``--freeze none``: everything trains, the backbone at ``lr x backbone_lr_scale`` (its
   own parameter groups), the usual way to keep pretrained features from being washed out
-  by a freshly initialised head's large early gradients.
+  by a freshly initialised head's large early gradients. ``probe_epochs`` goes further
+  (LP-FT, Kumar et al. 2022, "Fine-Tuning can Distort Pretrained Features"): the head is
+  first trained alone on cached features (``linear_probe``), so fine-tuning starts from a
+  head that already fits and the backbone's first gradients are not noise.
+  ``freeze_bn`` keeps BatchNorm's ImageNet running statistics: batch statistics of 32
+  photos of two classes are a poor estimate of them.
 """
 
 from collections.abc import Callable
@@ -16,9 +21,11 @@ import torch
 from torch import nn
 
 from training import backbones
-from training.config import TrainConfig
+from training.config import BACKBONE_RECIPES, TrainConfig
 from training.pretrained import Weights, load_pretrained
-from training.tensors import ImageTensors, batches
+from training.tensors import ImageTensors, batch_count, batches
+
+PROBE = BACKBONE_RECIPES["transfer-frozen"]  # LP-FT's probe trains the head as --freeze backbone does
 
 
 def pretrained_model(config: TrainConfig) -> tuple[nn.Module, Weights]:
@@ -41,6 +48,49 @@ def frozen_train_mode(model: nn.Module) -> None:
     """``model.train()`` for a frozen backbone: only the head leaves eval mode."""
     model.eval()
     backbones.get_head(model).train()
+
+
+def frozen_bn_train_mode(model: nn.Module) -> None:
+    """``model.train()`` with every BatchNorm left in eval mode (running statistics kept)."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
+def linear_probe(
+    model: nn.Module,
+    train_set: ImageTensors,
+    normalize: Callable[[torch.Tensor], torch.Tensor],
+    device: torch.device,
+    config: TrainConfig,
+) -> None:
+    """LP-FT's first stage: fit the new head on the backbone's features of ``train_set``
+    (un-augmented, centre crops), leaving the backbone untouched.
+
+    The hyperparameters are the frozen recipe's (``BACKBONE_RECIPES["transfer-frozen"]``)
+    for ``config.probe_epochs`` epochs; the loop is a few lines because the head is one
+    linear layer on a tensor that fits in memory, so the full training loop's
+    augmentation, autocast and checkpointing have nothing to do here.
+    """
+    features = head_inputs(model, train_set, normalize, device)
+    head = backbones.get_head(model)
+    head.train()
+    torch.manual_seed(config.seed)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=PROBE["lr"], weight_decay=PROBE["weight_decay"])
+    steps = config.probe_epochs * batch_count(features, config.batch_size, drop_last=True)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=PROBE["lr"], total_steps=steps, pct_start=0.15
+    )
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    generator = torch.Generator().manual_seed(config.seed)
+    for _ in range(config.probe_epochs):
+        for inputs, labels in batches(features, config.batch_size, generator=generator, drop_last=True):
+            loss = criterion(head(inputs.to(device)), labels.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
 
 
 def parameter_groups(config: TrainConfig, model: nn.Module) -> list[dict]:
@@ -92,4 +142,6 @@ def describe(config: TrainConfig) -> str:
     if config.freeze == "backbone":
         how = "head only, features computed once" if not config.augment else "head only"
         return f"{config.weights} weights, backbone frozen ({how})"
-    return f"{config.weights} weights, full fine-tune (backbone lr x{config.backbone_lr_scale})"
+    probe = f", head first probed for {config.probe_epochs} epochs" if config.probe_epochs else ""
+    bn = ", BatchNorm statistics frozen" if config.freeze_bn else ""
+    return f"{config.weights} weights, full fine-tune (backbone lr x{config.backbone_lr_scale}{probe}{bn})"

@@ -82,10 +82,21 @@ def random_crop_flip(
     return batch
 
 
+def center_crops(images: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
+    """The spec's evaluation pixels from a batch of ``train_base_spec`` squares: their
+    central crop (the same as resizing the shorter side and centre-cropping, to a pixel)."""
+    return v2.functional.center_crop(images, [spec.height, spec.width])
+
+
 def random_resized_crop_flip(
-    batch: torch.Tensor, *, size: tuple[int, int], interpolation: str, hflip: bool = True
+    batch: torch.Tensor,
+    *,
+    size: tuple[int, int],
+    interpolation: str,
+    hflip: bool = True,
+    scale: tuple[float, float] = (0.08, 1.0),
 ) -> torch.Tensor:
-    """Per-image RandomResizedCrop (torchvision's default scale and ratio) and flip, NCHW uint8.
+    """Per-image RandomResizedCrop (``scale`` of the area, torchvision's ratio) and flip, NCHW uint8.
 
     Parameters come from torchvision's own ``RandomResizedCrop.get_params``, which draws
     from the global RNG that the training loop re-seeds every epoch.
@@ -94,7 +105,7 @@ def random_resized_crop_flip(
     flips = torch.rand(len(batch)) < 0.5 if hflip else torch.zeros(len(batch), dtype=torch.bool)
     out = []
     for image, flip in zip(batch, flips, strict=True):
-        top, left, height, width = RandomResizedCrop.get_params(image, (0.08, 1.0), (3 / 4, 4 / 3))
+        top, left, height, width = RandomResizedCrop.get_params(image, list(scale), [3 / 4, 4 / 3])
         crop = v2.functional.resized_crop(
             image, top, left, height, width, list(size), interpolation=mode, antialias=True
         )

@@ -1,0 +1,84 @@
+"""LP-FT on real photos: the probe trains only the head, the fine-tune then moves the
+backbone while BatchNorm keeps ImageNet's running statistics."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+
+from training import backbones
+from training.checkpoint import METADATA_FILE, load_checkpoint
+from training.config import TrainConfig
+from training.datasets import limit_dataset, load_data
+from training.pretrained import load_pretrained
+from training.tensors import materialize
+from training.train import train
+from training.transfer import linear_probe, with_new_head
+from training.transforms import normalize_transform
+
+HYMENOPTERA = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "hymenoptera"
+SMALL = {"limit": 16, "batch_size": 8, "image_size": 96, "resize_shorter": 110, "threads": 2}
+
+
+def _config(**overrides) -> TrainConfig:
+    return TrainConfig.from_recipe(
+        "tf_efficientnet_lite0",
+        "transfer",
+        weights="imagenet",
+        dataset=f"folder:{HYMENOPTERA}",
+        **SMALL,
+        **overrides,
+    )
+
+
+def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_the_transfer_recipe_is_lp_ft_with_frozen_batchnorm():
+    config = _config()
+    assert config.freeze == "none" and config.probe_epochs > 0 and config.freeze_bn
+    frozen = _config(freeze="backbone")
+    assert frozen.probe_epochs == 0 and not frozen.augment
+
+
+@pytest.mark.slow
+def test_the_probe_trains_the_head_and_leaves_the_backbone_bit_for_bit():
+    config = _config(probe_epochs=5)
+    model, weights = load_pretrained(config.model, "imagenet")
+    data = load_data(
+        config.dataset, image_size=96, channels=3, val_fraction=0.2, seed=0, resize_shorter=110,
+        mean_std=(weights.mean, weights.std), interpolation=weights.interpolation, download=False,
+    )  # fmt: skip
+    model = with_new_head(model, len(data.classes), seed=0)
+    before = _snapshot(model)
+    photos = materialize(limit_dataset(data.train, 16, 0), data.spec)
+    linear_probe(model, photos, normalize_transform(data.spec), torch.device("cpu"), config)
+    after = model.state_dict()
+    head = {f"classifier.{name}" for name, _ in backbones.get_head(model).named_parameters()}
+    assert head == {"classifier.weight", "classifier.bias"}
+    assert not torch.equal(after["classifier.weight"], before["classifier.weight"])
+    assert all(torch.equal(after[k], before[k]) for k in before if k not in head)
+
+
+@pytest.mark.slow
+def test_fine_tuning_moves_the_backbone_but_not_batchnorm_statistics(tmp_path):
+    """16 photos at 96 px, probe then one fine-tune epoch (~20 s on 2 cores)."""
+    result = train(_config(epochs=1, probe_epochs=3), tmp_path / "run", console=Console(quiet=True))
+    assert result.epochs == 1
+    metadata = json.loads((tmp_path / "run" / METADATA_FILE).read_text())
+    assert metadata["transfer"] == {
+        "freeze": "none",
+        "backbone_lr_scale": 0.1,
+        "probe_epochs": 3,
+        "freeze_bn": True,
+    }
+    tuned = load_checkpoint(tmp_path / "run").model.state_dict()
+    original = load_pretrained("tf_efficientnet_lite0", "imagenet")[0].state_dict()
+    statistics = [k for k in original if k.endswith(("running_mean", "running_var"))]
+    convolutions = [k for k in original if k.endswith("weight") and original[k].ndim == 4]
+    assert statistics and convolutions
+    assert all(torch.equal(tuned[k], original[k]) for k in statistics)
+    assert sum(not torch.equal(tuned[k], original[k]) for k in convolutions) == len(convolutions)
