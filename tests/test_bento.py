@@ -146,6 +146,51 @@ def test_pinned_packages_are_the_installed_ones():
     assert {"bentoml", "onnxruntime-gpu", "numpy", "pillow"} <= names
 
 
+def _requirement_names(distribution: str, extras: set[str]) -> set[str]:
+    """Distributions ``distribution`` (with ``extras``) installs, itself included, transitively."""
+    todo, seen = [(distribution, extras)], set()
+    while todo:
+        name, wanted = todo.pop()
+        key = re.sub(r"[-_.]+", "-", name).lower()
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            requires = importlib.metadata.requires(name) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue  # an extra's requirement that is not installed here cannot be checked
+        for line in requires:
+            requirement, _, marker = line.partition(";")
+            extra = re.search(r"extra\s*==\s*['\"]([^'\"]+)['\"]", marker)
+            if extra and extra.group(1) not in wanted:
+                continue
+            match = re.match(r"\s*([A-Za-z0-9_.-]+)(\[([^\]]*)\])?", requirement)
+            todo.append((match.group(1), set(filter(None, (match.group(3) or "").split(",")))))
+    return seen
+
+
+def test_every_library_a_packed_module_imports_is_installed_by_the_pins():
+    """The Bento's image installs only bentofile.yaml's packages: a packed module that imports
+    another library (safetensors for the canary, once) would fail at import in the container
+    while every test on this machine passed."""
+    installed_by_pins = set()
+    for line in bentofile()["python"]["packages"]:
+        match = re.fullmatch(r"([A-Za-z0-9_.-]+)(\[([^\]]*)\])?==.*", line)
+        installed_by_pins |= _requirement_names(match.group(1), set((match.group(3) or "").split(",")))
+    providers = importlib.metadata.packages_distributions()
+    mine = project_packages()
+    for module, path in packed_modules().items():
+        for imported, _at_module_scope in imports_of(path, module):
+            top = imported.split(".")[0]
+            if top in mine or top in sys.stdlib_module_names or not top or top in TORCH_SIDE_LIBRARIES:
+                continue  # torch-side imports are lazy and checked above
+            distributions = {re.sub(r"[-_.]+", "-", d).lower() for d in providers.get(top, [])}
+            assert distributions & installed_by_pins, (
+                f"{module} imports {imported} ({', '.join(sorted(distributions)) or 'not installed'}), "
+                "which no package pinned in bentofile.yaml installs: pin it there"
+            )
+
+
 # ---------------------------------------------------------------- built and served
 
 
