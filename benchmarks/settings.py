@@ -111,6 +111,7 @@ class HttpBenchSettings:
         None,
         help="re-encode each image at WxH (JPEG, quality 90), e.g. 4000x3000 for a 12 MP phone photo",
         parse=width_by_height,
+        metavar="WxH",
         unset="the files as they are",
     )
     variant: str | None = option(None, help="variant to request", unset="the service's default")

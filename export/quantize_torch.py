@@ -17,6 +17,7 @@ from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
 from export.failures import export_step
 from export.formats import quiet_torch_deprecations
+from export.static_padding import with_static_same_padding
 
 ENGINE = "x86"
 FX_STEP = "PyTorch INT8 quantization (torch.ao FX graph mode)"
@@ -73,7 +74,7 @@ def quantize_model(
                 mapping.set_module_name(name, get_default_qconfig_mapping(ENGINE).global_qconfig)
         example = torch.from_numpy(calibration[:2])
         with export_step(FX_STEP, "torchscript", work):
-            prepared = prepare_fx(work, mapping, (example,))
+            prepared = prepare_fx(with_static_same_padding(work, example), mapping, (example,))
             for start in range(0, len(calibration), CALIBRATION_BATCH):
                 prepared(torch.from_numpy(calibration[start : start + CALIBRATION_BATCH]))
             return convert_fx(prepared)

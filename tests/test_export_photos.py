@@ -185,3 +185,27 @@ def test_calibration_batches_are_equal_so_histogram_calibrators_accept_a_photo_s
 
     assert equal_batch_size(244) == 61  # the hymenoptera train split, minus its GIF
     assert equal_batch_size(512) == 64 and equal_batch_size(32) == 32 and equal_batch_size(241) == 1
+
+
+def test_tf_same_padding_becomes_constant_and_fx_int8_traces_it():
+    """timm's Conv2dSame pads from the input's shape at run time; FX quantization cannot trace that."""
+    import timm
+    import torch
+
+    from export.quantize_torch import quantize_model
+    from export.static_padding import StaticSameConv2d, with_static_same_padding
+
+    model = timm.create_model("tf_efficientnet_lite0", num_classes=2).eval()
+    images = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        reference = model(images)
+        static = with_static_same_padding(
+            timm.create_model("tf_efficientnet_lite0", num_classes=2).eval(), images
+        )
+        static.load_state_dict(model.state_dict())  # same weight names: nothing renamed
+        assert (
+            sum(isinstance(m, StaticSameConv2d) for m in static.modules()) == 5
+        )  # stem + 4 stride-2 depthwise
+        assert torch.equal(static(images), reference)
+        quantized = quantize_model(model, images.numpy())
+        assert quantized(images).shape == (4, 2)
