@@ -15,6 +15,7 @@ from torch import nn
 from torch.ao.quantization import QConfigMapping, default_dynamic_qconfig, get_default_qconfig_mapping
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
+from export.checks import batch_size_for
 from export.failures import export_step
 from export.formats import quiet_torch_deprecations
 from export.static_padding import with_static_same_padding
@@ -75,6 +76,7 @@ def quantize_model(
         example = torch.from_numpy(calibration[:2])
         with export_step(FX_STEP, "torchscript", work):
             prepared = prepare_fx(with_static_same_padding(work, example), mapping, (example,))
-            for start in range(0, len(calibration), CALIBRATION_BATCH):
-                prepared(torch.from_numpy(calibration[start : start + CALIBRATION_BATCH]))
+            step = min(CALIBRATION_BATCH, batch_size_for(calibration))  # bounded memory at 224 px
+            for start in range(0, len(calibration), step):
+                prepared(torch.from_numpy(calibration[start : start + step]))
             return convert_fx(prepared)
