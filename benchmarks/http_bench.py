@@ -10,6 +10,7 @@ measured in this process. Only loopback targets are accepted: this is a load gen
 import contextlib
 import ipaddress
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -75,14 +76,45 @@ def collect_images(images_dir: Path, count: int) -> list[Path]:
 
 
 def write_test_images(manifest: dict[str, Any], folder: Path, count: int) -> list[Path]:
-    """Real test images of the bundle's dataset, as the PNG files a client would send."""
-    from training.datasets import limit_dataset, load_data
+    """Real test images of the bundle's dataset, as the files a client would send: a photo
+    folder's own files (JPEGs as the camera wrote them), others as PNGs. The split is the
+    one export scored, rebuilt from the parent run's metadata (``training.eval_data``)."""
+    from benchmarks.inputs import manifest_run_metadata
+    from training.datasets import PhotoFolder, limit_dataset
+    from training.eval_data import run_data
 
-    spec = manifest["preprocess"]
-    data = load_data(manifest["dataset"], image_size=spec["height"], channels=spec["channels"])
+    data = run_data(manifest_run_metadata(manifest))
     samples = limit_dataset(data.test, count, 0)
+    if isinstance(data.test, PhotoFolder):
+        indices = getattr(samples, "indices", range(len(data.test)))
+        return copy_photos([data.test.samples[i][0] for i in indices], folder)
     named = ((image, data.classes[label]) for image, label in samples)  # type: ignore[attr-defined]
     return write_pngs(named, folder)
+
+
+def copy_photos(paths: list[Path], folder: Path) -> list[Path]:
+    """The photo files unchanged, numbered in order (two classes may hold the same name)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    copies = [folder / f"{index}-{path.name}" for index, path in enumerate(paths)]
+    for source, copy in zip(paths, copies, strict=True):
+        shutil.copyfile(source, copy)
+    return copies
+
+
+def resized_images(paths: list[Path], size: tuple[int, int], folder: Path) -> list[Path]:
+    """Each image re-encoded at ``size`` (width, height) as a quality-90 JPEG, EXIF
+    orientation applied first, as a phone's 12 MP photo of the same scene would arrive."""
+    from PIL import Image, ImageOps
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for index, path in enumerate(paths):
+        with Image.open(path) as image:
+            upright = ImageOps.exif_transpose(image).convert("RGB")
+        target = folder / f"{index}-{path.stem}-{size[0]}x{size[1]}.jpg"
+        upright.resize(size, Image.Resampling.BICUBIC).save(target, "JPEG", quality=90)
+        out.append(target)
+    return out
 
 
 def run_locust(
@@ -275,6 +307,8 @@ def bench_http(
         images = collect_images(settings.images_dir, settings.image_count)
     else:
         images = write_test_images(described["manifest"], out / "images", settings.image_count)
+    if settings.image_size is not None:
+        images = resized_images(images, settings.image_size, out / "images-resized")
     threads = int(models["threads_per_worker"])
     backend_kind = str(described.get("backend", "onnx"))
     bundle_dir = _local_bundle(settings, described, backend_kind)

@@ -28,12 +28,18 @@ def run_metadata(manifest: Manifest) -> dict[str, Any]:
     """The parent run's metadata (its split settings) when the run folder is still there;
     otherwise what the manifest records, which ``run_data`` refuses for a ``folder:``
     dataset (its split cannot be rebuilt without the run's val_fraction and seed)."""
+    dataset_name(manifest)  # refuses a manifest without its dataset, naming the bundle
+    return manifest_run_metadata(manifest.data)
+
+
+def manifest_run_metadata(data: dict[str, Any]) -> dict[str, Any]:
+    """``run_metadata`` for a manifest as plain JSON (what a running service describes)."""
     from training.checkpoint import METADATA_FILE, read_metadata
 
-    run_dir = manifest.data["parent"].get("run_dir")
+    run_dir = data.get("parent", {}).get("run_dir")
     if run_dir and (Path(run_dir) / METADATA_FILE).is_file():
         return read_metadata(Path(run_dir))
-    return {"dataset": dataset_name(manifest), "preprocess": manifest.data["preprocess"]}
+    return {"dataset": data.get("dataset") or data["parent"]["dataset"], "preprocess": data["preprocess"]}
 
 
 def load_test_images(manifest: Manifest, count: int) -> "ImageSet":

@@ -3,6 +3,7 @@ these fields (``slimserve.settings``) and the reports record them. Torch- and nu
 so `--help` stays instant; a new benchmark option is a new field here.
 """
 
+import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,14 @@ from slimserve.settings import internal, option
 
 # The recommendation's batch size when --select-batch is not given and the matrix has it.
 PREFERRED_SELECT_BATCH = 64
+
+
+def width_by_height(text: str) -> tuple[int, int]:
+    """``WxH`` (e.g. ``4000x3000``), both positive."""
+    width, sep, height = text.lower().partition("x")
+    if not (sep and width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0):
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 4000x3000, got {text!r}")
+    return int(width), int(height)
 
 
 def usable_cores() -> int:
@@ -98,6 +107,13 @@ class HttpBenchSettings:
         None, help="folder of image files to send", flag="--images", unset="real test images"
     )
     image_count: int = option(64, help="images to cycle through", parse=positive_int)
+    image_size: tuple[int, int] | None = option(
+        None,
+        help="re-encode each image at WxH (JPEG, quality 90), e.g. 4000x3000 for a 12 MP phone photo",
+        parse=width_by_height,
+        metavar="WxH",
+        unset="the files as they are",
+    )
     variant: str | None = option(None, help="variant to request", unset="the service's default")
     adaptive_path: str = internal("/predict")
     unbatched_path: str = internal("/predict/unbatched")

@@ -118,8 +118,11 @@ def _measure(ctx: ExportContext, name: str, artifact: Artifact) -> tuple[Parity,
     check = parity(artifact.reference, outputs, artifact.reference_name, artifact.strict)
     if not check.passed:
         raise VariantFailed(f"{name} {artifact.format} parity failed: {check.describe()}")
+    # The parity images are the evaluation set's head: only the rest still needs running
+    # (on a 153-photo split at 224 px that halves the time each format takes to check).
+    rest = ctx.eval_set.images[len(outputs) :]
     with export_step(RUNTIMES[artifact.format], artifact.format):
-        logits = predict(run, ctx.eval_set.images)
+        logits = np.concatenate([outputs, predict(run, rest)]) if len(rest) else outputs
     return check, accuracy(logits, ctx.eval_set), agreement(logits.argmax(1), ctx.fp32_predictions)
 
 

@@ -55,7 +55,11 @@ class DistillArgs:
     training options are ``TrainConfig``'s."""
 
     teacher: str = option(help="the teacher's run folder", metavar="RUN_DIR")
-    student: str = option("cnn-small", help="student architecture", choices=tuple(RECIPES))
+    student: str = option(
+        "cnn-small",
+        help=f"student architecture: slimserve's {', '.join(RECIPES)}, or a timm/torchvision model "
+        "(timm:NAME, tv:NAME, e.g. tf_efficientnet_lite0); it must see the teacher's preprocessing",
+    )
     temperature: float = option(4.0, help="softmax temperature", parse=positive_float)
     alpha: float = option(0.9, help="weight of the soft-target loss, 0..1", parse=share_or_bound)
     out: Path | None = option(None, help="student run folder", unset="runs/STUDENT-DATASET-distilled")

@@ -79,13 +79,40 @@ def _twin_matches(twin_dir: Path, config: TrainConfig) -> bool:
 
 
 def inherit_data_settings(config: TrainConfig, teacher_meta: dict, *, keep_dataset: bool) -> TrainConfig:
-    """The student trains on the teacher's data (dataset, size, channels, validation split),
-    unless the user named a dataset, which ``distill`` then checks against the teacher's."""
+    """The student trains on the teacher's data (dataset, size, crop, channels, validation
+    split), unless the user named a dataset, which ``distill`` then checks against the teacher's."""
     settings = teacher_meta.get("train_config", {})
-    inherited = {k: settings[k] for k in ("image_size", "channels", "val_fraction") if k in settings}
+    keys = ("image_size", "resize_shorter", "channels", "val_fraction")
+    inherited = {k: settings[k] for k in keys if k in settings}
     if not keep_dataset:
         inherited["dataset"] = teacher_meta["dataset"]
     return dataclasses.replace(config, **inherited)
+
+
+def check_same_normalization(config: TrainConfig, teacher_meta: dict[str, Any]) -> None:
+    """The teacher is fed the student's normalized batches, and export serves a distilled
+    variant with the teacher's preprocessing, so both must normalize alike. A pretrained
+    student takes its weights' mean/std; one from scratch takes the dataset's statistics,
+    as its teacher did only if that too was trained from scratch. Checked before training,
+    so a mismatch costs seconds, not a training run."""
+    teacher_spec = teacher_meta["preprocess"]
+    teacher_stats = (list(teacher_spec["mean"]), list(teacher_spec["std"]))
+    if config.weights is not None:
+        from training.pretrained import load_pretrained
+
+        _, weights = load_pretrained(config.model, config.weights, config.download)
+        student_stats, what = (list(weights.mean), list(weights.std)), f"its --weights {config.weights}"
+    elif teacher_meta.get("pretrained"):
+        student_stats, what = None, "the dataset's own statistics (it trains from scratch)"
+    else:
+        return  # both from scratch on one dataset and split: the same measured statistics
+    if student_stats != teacher_stats:
+        raise SlimserveError(
+            f"student {config.model} would normalize with {what}, the teacher with mean "
+            f"{teacher_stats[0]} std {teacher_stats[1]}; the teacher would see inputs meant for another "
+            "network. Pick a student whose --weights expect the teacher's mean/std (e.g. torchvision "
+            "models share ImageNet's), or a teacher trained the same way"
+        )
 
 
 def distill(
@@ -107,6 +134,7 @@ def distill(
             f"the teacher was trained on {teacher.metadata['dataset']}, the student on {config.dataset}; "
             "drop --dataset so the student uses the teacher's"
         )
+    check_same_normalization(config, teacher.metadata)
     student_dir = Path(out) if out else default_run_dir(config.model, config.dataset, "distilled")
     twin_dir = Path(twin_out) if twin_out else student_dir.with_name(f"{student_dir.name}-no-teacher")
     distillation = distill_from(teacher, temperature=temperature, alpha=alpha)

@@ -43,11 +43,19 @@ QUANTIZABLE_OPS = ("Conv", "Gemm", "MatMul")
 CALIBRATION_BATCH = 64
 
 
+def equal_batch_size(count: int, largest: int = CALIBRATION_BATCH) -> int:
+    """The largest batch size up to ``largest`` that divides ``count``: ORT's histogram
+    calibrators (entropy, percentile) stack every batch's outputs into one array, which
+    fails on a short last batch (244 training photos in batches of 64 did)."""
+    return next(size for size in range(min(largest, count), 0, -1) if count % size == 0)
+
+
 class _Batches(CalibrationDataReader):
-    """Feeds calibration images to ORT's calibrator in fixed-size batches."""
+    """Feeds calibration images to ORT's calibrator in batches of one size."""
 
     def __init__(self, images: np.ndarray) -> None:
         self._images = images
+        self._size = equal_batch_size(len(images))
         self.rewind()
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -55,8 +63,8 @@ class _Batches(CalibrationDataReader):
 
     def rewind(self) -> None:
         self._batches = iter(
-            {INPUT_NAME: self._images[start : start + CALIBRATION_BATCH]}
-            for start in range(0, len(self._images), CALIBRATION_BATCH)
+            {INPUT_NAME: self._images[start : start + self._size]}
+            for start in range(0, len(self._images), self._size)
         )
 
 

@@ -15,8 +15,10 @@ from torch import nn
 from torch.ao.quantization import QConfigMapping, default_dynamic_qconfig, get_default_qconfig_mapping
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
+from export.checks import batch_size_for
 from export.failures import export_step
 from export.formats import quiet_torch_deprecations
+from export.static_padding import with_static_same_padding
 
 ENGINE = "x86"
 FX_STEP = "PyTorch INT8 quantization (torch.ao FX graph mode)"
@@ -73,7 +75,8 @@ def quantize_model(
                 mapping.set_module_name(name, get_default_qconfig_mapping(ENGINE).global_qconfig)
         example = torch.from_numpy(calibration[:2])
         with export_step(FX_STEP, "torchscript", work):
-            prepared = prepare_fx(work, mapping, (example,))
-            for start in range(0, len(calibration), CALIBRATION_BATCH):
-                prepared(torch.from_numpy(calibration[start : start + CALIBRATION_BATCH]))
+            prepared = prepare_fx(with_static_same_padding(work, example), mapping, (example,))
+            step = min(CALIBRATION_BATCH, batch_size_for(calibration))  # bounded memory at 224 px
+            for start in range(0, len(calibration), step):
+                prepared(torch.from_numpy(calibration[start : start + step]))
             return convert_fx(prepared)
