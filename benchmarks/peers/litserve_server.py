@@ -5,12 +5,11 @@ LitServe reads a request as JSON or a form (never a raw body), so the image come
 ``{"image": base64}``: the benchmark sends the same PNG files base64-encoded.
 """
 
-import argparse
 from typing import Any
 
 import litserve as ls
 
-from benchmarks.peers.model import Classifier, PeerSettings, b64_payload
+from benchmarks.peers.model import Classifier, PeerSettings, b64_payload, server_arguments
 
 
 class ImageAPI(ls.LitAPI):
@@ -36,11 +35,7 @@ class ImageAPI(ls.LitAPI):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--batched", action="store_true")
-    args = parser.parse_args()
-    settings = PeerSettings.from_env()
+    args, settings = server_arguments(__doc__)
     batching = (
         {"max_batch_size": settings.max_batch_size, "batch_timeout": settings.batch_wait_ms / 1000}
         if args.batched

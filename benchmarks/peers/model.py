@@ -5,6 +5,7 @@ the model. The model is opened through ``open_backend``, the one place to re-poi
 the shared runtime layer moves.
 """
 
+import argparse
 import base64
 import json
 import os
@@ -86,3 +87,13 @@ class Classifier:
 def b64_payload(body: dict[str, Any]) -> bytes:
     """The image of a ``{"image": base64}`` JSON body, for frameworks that only take JSON."""
     return base64.b64decode(body["image"], validate=True)
+
+
+def server_arguments(description: str | None, *ports: str) -> tuple[argparse.Namespace, PeerSettings]:
+    """What every peer server module starts with: ``--port`` (and any other ``ports`` it
+    listens on), ``--batched``, and the settings the benchmark passed through the environment."""
+    parser = argparse.ArgumentParser(description=description)
+    for flag in ("--port", *ports):
+        parser.add_argument(flag, type=int, required=True)
+    parser.add_argument("--batched", action="store_true")
+    return parser.parse_args(), PeerSettings.from_env()

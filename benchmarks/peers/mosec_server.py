@@ -5,14 +5,13 @@ The raw image body reaches ``deserialize`` as bytes (mosec's documented override
 ``serialize`` is mosec's default JSON encoder.
 """
 
-import argparse
 import sys
 from typing import Any
 
 from mosec import Server, Worker
 from mosec.errors import ValidationError
 
-from benchmarks.peers.model import Classifier, PeerSettings
+from benchmarks.peers.model import Classifier, PeerSettings, server_arguments
 
 
 class Inference(Worker):
@@ -33,11 +32,7 @@ class Inference(Worker):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--batched", action="store_true")
-    args = parser.parse_args()
-    settings = PeerSettings.from_env()
+    args, settings = server_arguments(__doc__)
     # mosec's Server parses sys.argv itself: hand it only its own options.
     sys.argv = [sys.argv[0], "--address", "127.0.0.1", "--port", str(args.port), "--log-level", "warning"]
     server = Server()

@@ -7,7 +7,6 @@ protocol, so a request is ``POST /v2/models/classifier/infer`` with the PNG as a
 BYTES tensor in JSON, and the answer is the same top-5 JSON as a BYTES output.
 """
 
-import argparse
 import json
 import os
 import sysconfig
@@ -17,7 +16,7 @@ from pytriton.decorators import batch
 from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 from pytriton.triton import Triton, TritonConfig
 
-from benchmarks.peers.model import Classifier, PeerSettings, b64_payload
+from benchmarks.peers.model import Classifier, b64_payload, server_arguments
 
 MODEL = "classifier"
 
@@ -48,13 +47,7 @@ def use_this_libpython() -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--grpc-port", type=int, required=True)
-    parser.add_argument("--metrics-port", type=int, required=True)
-    parser.add_argument("--batched", action="store_true")
-    args = parser.parse_args()
-    settings = PeerSettings.from_env()
+    args, settings = server_arguments(__doc__, "--grpc-port", "--metrics-port")
     use_this_libpython()
     config = (
         ModelConfig(

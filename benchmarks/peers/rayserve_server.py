@@ -5,7 +5,6 @@ The deployment reads the raw body from Starlette's request, as Ray Serve's HTTP 
 batching is ``@serve.batch``.
 """
 
-import argparse
 import time
 from typing import Any
 
@@ -13,7 +12,7 @@ import ray
 from ray import serve
 from starlette.requests import Request
 
-from benchmarks.peers.model import Classifier, PeerSettings
+from benchmarks.peers.model import Classifier, PeerSettings, server_arguments
 
 
 class Unbatched:
@@ -39,11 +38,7 @@ class Batched:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--batched", action="store_true")
-    args = parser.parse_args()
-    settings = PeerSettings.from_env()
+    args, settings = server_arguments(__doc__)
     ray.init(num_cpus=settings.workers, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": args.port})
     deployment = serve.deployment(
