@@ -91,3 +91,16 @@ def without_checkout(env: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP")} | {
         "PYTHONNOUSERSITE": "1"
     }
+
+
+def registered_fp32_bundle(run_dir: Path, out: Path, name: str):
+    """A quick fp32-only bundle of ``run_dir`` (300 test images), registered in the store the
+    way `slimserve export` registers one: what the Bento and the image are built from."""
+    from export.pipeline import export_bundle
+    from export.registry import register_bundle
+
+    manifest = export_bundle(
+        run_dir, out=out, name=name, version="v1", variants=["fp32"], limit=300, register=False
+    )
+    register_bundle(manifest)
+    return manifest

@@ -30,6 +30,7 @@ from deployment import (
     bentofile,
     build_bento,
     png_bytes,
+    registered_fp32_bundle,
     served_predictions,
     source_predictions,
     wait_ready,
@@ -196,20 +197,7 @@ def test_every_library_a_packed_module_imports_is_installed_by_the_pins():
 
 @pytest.fixture(scope="module")
 def bento_bundle(tiny_cnn_run: Path, tmp_path_factory: pytest.TempPathFactory):
-    from export.pipeline import export_bundle
-    from export.registry import register_bundle
-
-    manifest = export_bundle(
-        tiny_cnn_run,
-        out=tmp_path_factory.mktemp("bento-bundles"),
-        name=BUNDLE,
-        version="v1",
-        variants=["fp32"],
-        limit=300,
-        register=False,
-    )
-    register_bundle(manifest)
-    return manifest
+    return registered_fp32_bundle(tiny_cnn_run, tmp_path_factory.mktemp("bento-bundles"), BUNDLE)
 
 
 @pytest.fixture(scope="module")

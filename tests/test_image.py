@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from deployment import REPO, assert_same_predictions, png_bytes, source_predictions
+from deployment import REPO, assert_same_predictions, png_bytes, registered_fp32_bundle, source_predictions
 
 pytestmark = [pytest.mark.image, pytest.mark.slow, pytest.mark.http]
 BUNDLE = "image-cnn"
@@ -37,20 +37,7 @@ def test_container_tools_are_installed():
 
 @pytest.fixture(scope="module")
 def image_bundle(tiny_cnn_run: Path, tmp_path_factory: pytest.TempPathFactory):
-    from export.pipeline import export_bundle
-    from export.registry import register_bundle
-
-    manifest = export_bundle(
-        tiny_cnn_run,
-        out=tmp_path_factory.mktemp("image-bundles"),
-        name=BUNDLE,
-        version="v1",
-        variants=["fp32"],
-        limit=300,
-        register=False,
-    )
-    register_bundle(manifest)
-    return manifest
+    return registered_fp32_bundle(tiny_cnn_run, tmp_path_factory.mktemp("image-bundles"), BUNDLE)
 
 
 @pytest.fixture(scope="module")
