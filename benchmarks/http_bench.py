@@ -30,7 +30,6 @@ from benchmarks.machine import machine_info
 from benchmarks.settings import HttpBenchSettings  # re-exported for callers
 from benchmarks.stats import percentiles
 from slimserve.console import cli_console
-from slimserve.documents import write_json
 from slimserve.errors import SlimserveError
 from slimserve.local_server import free_port, wait_ready
 from slimserve.samples import write_pngs
@@ -439,12 +438,6 @@ def _settings_doc(settings: HttpBenchSettings, images: int) -> dict[str, Any]:
 def _write_reports(report: dict[str, Any], out: Path, console: Console) -> None:
     """bench-http.json (with the plot's path), bench-http.md and the plot; the table on the terminal."""
     from benchmarks.plots import plot_http
-    from benchmarks.report import http_markdown, http_table
+    from benchmarks.report import http_markdown, http_table, write_load_report
 
-    json_path = out / "bench-http.json"
-    write_json(json_path, report, allow_nan=False)
-    report["plots"] = [str(plot_http(report, out / "http-load.png"))]
-    write_json(json_path, report, allow_nan=False)
-    (out / "bench-http.md").write_text(http_markdown(report))
-    console.print(http_table(report))
-    console.print(f"Report: {json_path}, {out / 'bench-http.md'}, plot: {report['plots'][0]}")
+    write_load_report(report, out, "http", plot_http, http_markdown, http_table, console)

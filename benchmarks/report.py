@@ -1,10 +1,14 @@
 """Markdown and terminal tables for the benchmark reports (the JSON goes through slimserve.documents)."""
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
 from rich.table import Table
+
+from slimserve.documents import write_json
 
 MODEL_COLUMNS = (
     ("variant", "variant", "{}"),
@@ -263,3 +267,23 @@ def http_markdown(report: dict[str, Any]) -> str:
     lines += _comparison_lines(report) or ["- none (a target is missing)"]
     lines += ["", *[f"![{Path(plot).stem}]({Path(plot).name})" for plot in report.get("plots", [])]]
     return "\n".join(lines) + "\n"
+
+
+def write_load_report(
+    report: dict[str, Any],
+    out: Path,
+    name: str,
+    plot: Callable[[dict[str, Any], Path], Path],
+    markdown: Callable[[dict[str, Any]], str],
+    table: Callable[[dict[str, Any]], Table],
+    console: Console,
+) -> None:
+    """``out/bench-NAME.json`` (written first, so a failing plot leaves the figures; then
+    again with the plot's path), ``bench-NAME.md``, ``NAME-load.png`` and the table."""
+    json_path, markdown_path = out / f"bench-{name}.json", out / f"bench-{name}.md"
+    write_json(json_path, report, allow_nan=False)
+    report["plots"] = [str(plot(report, out / f"{name}-load.png"))]
+    write_json(json_path, report, allow_nan=False)
+    markdown_path.write_text(markdown(report))
+    console.print(table(report))
+    console.print(f"Report: {json_path}, {markdown_path}, plot: {report['plots'][0]}")

@@ -33,7 +33,6 @@ from benchmarks.peers.registry import BODY_NOTES, PEER_NAMES, PEERS, Peer, encod
 from benchmarks.peers.settings import PeerBenchSettings
 from benchmarks.peers.venvs import venv_python
 from slimserve.console import cli_console
-from slimserve.documents import write_json
 from slimserve.errors import SlimserveError
 from slimserve.manifest import Manifest, read_manifest
 
@@ -303,6 +302,7 @@ def bench_peers(
 ) -> dict[str, Any]:
     """Every peer x round x concurrency; writes bench-peers.json/.md and a plot into ``out``."""
     from benchmarks.peers.report import peers_markdown, peers_table, plot_peers
+    from benchmarks.report import write_load_report
 
     console = console or cli_console()
     unknown = sorted(set(settings.peers) - set(PEER_NAMES))
@@ -373,11 +373,5 @@ def bench_peers(
         "results": results,
         "summary": {name: summarize(rows, settings.concurrency) for name, rows in results.items()},
     }
-    json_path = out / "bench-peers.json"
-    write_json(json_path, report, allow_nan=False)
-    report["plots"] = [str(plot_peers(report, out / "peers-load.png"))]
-    write_json(json_path, report, allow_nan=False)
-    (out / "bench-peers.md").write_text(peers_markdown(report))
-    console.print(peers_table(report))
-    console.print(f"Report: {json_path}, {out / 'bench-peers.md'}, plot: {report['plots'][0]}")
+    write_load_report(report, out, "peers", plot_peers, peers_markdown, peers_table, console)
     return report
