@@ -129,6 +129,17 @@ def tiny_resnet_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _train_tiny(tmp_path_factory.mktemp("runs") / "resnet", "resnet", 2000, 1, depth=8, width=8)
 
 
+def interrupt_group(process: subprocess.Popen, timeout: float) -> None:
+    """Ctrl-C to a server started with ``start_new_session``, as a user would stop it; its
+    whole process group is killed if it has not exited within ``timeout`` seconds."""
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 @contextlib.contextmanager
 def serve_subprocess(log: Path, env: dict[str, str]) -> Iterator[tuple[str, subprocess.Popen]]:
     """`slimserve serve` with one worker on a free loopback port, from its start-up banner

@@ -15,7 +15,6 @@ import importlib.metadata
 import json
 import os
 import re
-import signal
 import site
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from bentoml._internal.bento.build_config import BentoPathSpec  # the matcher `bentoml build` uses
-from conftest import free_port
+from conftest import free_port, interrupt_group
 from deployment import (
     REPO,
     assert_same_predictions,
@@ -275,12 +274,7 @@ def test_bento_serves_from_a_fresh_store_without_the_checkout(bento_bundle, samp
         wait_ready(url, lambda: server.poll() is None, log)
         answer = served_predictions(url, sample_png)
     finally:
-        os.killpg(server.pid, signal.SIGINT)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        interrupt_group(server, 30)
     assert (answer["bundle"], answer["version"], answer["variant"]) == (BUNDLE, "v1", "fp32")
     expected = source_predictions(bento_bundle.bundle_dir, f"{BUNDLE}-fp32:v1", "fp32", sample_png)
     assert_same_predictions(answer["predictions"], expected)

@@ -13,7 +13,9 @@ import pytest
 from bentoml.exceptions import BentoMLException, InvalidArgument, NotFound
 from PIL import Image
 from test_openapi import api_server
-from test_service import fashion, png_bytes  # noqa: F401
+from test_service import fashion  # noqa: F401 (a fixture)
+
+from slimserve.samples import write_pngs
 
 
 @pytest.fixture(scope="module")
@@ -23,13 +25,10 @@ def served(tiny_cnn_run, tmp_path_factory, start_server):
 
 @pytest.fixture(scope="module")
 def pngs(fashion, tmp_path_factory) -> list[Path]:  # noqa: F811 (the imported fixture)
-    folder = tmp_path_factory.mktemp("pngs")
-    paths = []
-    for index in range(3):
-        path = folder / f"{index}.png"
-        path.write_bytes(png_bytes(fashion.test[index][0]))
-        paths.append(path)
-    return paths
+    samples = (fashion.test[index] for index in range(3))
+    return write_pngs(
+        ((image, fashion.classes[label]) for image, label in samples), tmp_path_factory.mktemp("pngs")
+    )
 
 
 def curl(url: str, *args: str) -> dict:

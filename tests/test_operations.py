@@ -4,7 +4,6 @@ slow start, the `bentoml serve` command a container runs) over loopback sockets.
 """
 
 import json
-import os
 import shutil
 import signal
 import socket
@@ -20,7 +19,7 @@ from urllib.parse import urlparse
 import bentoml
 import httpx
 import pytest
-from conftest import free_port
+from conftest import free_port, interrupt_group
 from test_service import fashion, sample_png  # noqa: F401
 
 from export.pipeline import export_bundle
@@ -339,12 +338,7 @@ def test_readiness_answers_503_promptly_while_the_models_load(bundle, sample_png
                     live = client.get(f"{url}/livez").status_code
                 time.sleep(0.2)
     finally:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        interrupt_group(process, 40)
     statuses = [status for status, _ in answers]
     assert statuses[-1] == 200, statuses
     waiting = answers[1:-1]  # the first may have waited for the worker's imports

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 from test_openapi import api_server
-from test_service import fashion, png_bytes  # noqa: F401
+from test_service import fashion  # noqa: F401 (a fixture)
+
+from slimserve.samples import write_pngs
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -48,13 +50,10 @@ def page(browser, served):
 
 @pytest.fixture(scope="module")
 def pngs(fashion, tmp_path_factory) -> list[Path]:  # noqa: F811 (the imported fixture)
-    folder = tmp_path_factory.mktemp("ui-pngs")
-    paths = []
-    for index in range(3):
-        path = folder / f"item-{index}.png"
-        path.write_bytes(png_bytes(fashion.test[index][0]))
-        paths.append(path)
-    return paths
+    samples = (fashion.test[index] for index in range(3))
+    return write_pngs(
+        ((image, fashion.classes[label]) for image, label in samples), tmp_path_factory.mktemp("ui-pngs")
+    )
 
 
 def only_local(requested: list[str], url: str) -> list[str]:
