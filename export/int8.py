@@ -7,9 +7,15 @@ the preset is saved in the manifest beside the model. The ONNX file is compared 
 float parent (logits cannot match to 1e-4 after quantization, so that parity is recorded,
 not enforced; the accuracy budget is the gate). The TorchScript file must reproduce the
 eager INT8 model it was traced from exactly like a float export would.
+
+The ONNX file is the variant: without it the variant fails. The TorchScript file is
+optional: when PyTorch's quantizer cannot take the model, its search misses the budget
+within ``--int8-fallback-attempts``, or the traced file misses parity, it is left out and
+the reason goes to ``skipped_formats`` (printed by the export, kept in the manifest).
 """
 
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +31,7 @@ from export.building import (
     macs_and_params,
 )
 from export.checks import accuracy, predict
-from export.failures import export_step
+from export.failures import StepFailed, describe_failure, export_step
 from export.formats import check_onnx, write_torchscript
 from export.int8_presets import resolve_preset
 from export.int8_search import BudgetMissed, fit_budget
@@ -35,8 +41,10 @@ from slimserve.manifest import FILE_NAMES
 from slimserve.runtime import Runner, eager_runner, open_runner
 
 # Sensitivity ranking runs one quantization per layer: a slice of the calibration set is
-# enough to order layers by the error they add.
+# enough to order layers by the error they add. 128 small images, 32 at 224 px (each probe
+# of Lite0's 50 layers calibrates and runs its images once).
 SENSITIVITY_IMAGES = 128
+SENSITIVITY_VALUES = 32 * 3 * 224 * 224
 ORT_STEP = "ONNX Runtime INT8 quantization (quantize_static)"
 # Said in every INT8 entry, so a missing .pt2 is never a silent omission.
 NO_PT2 = (
@@ -49,12 +57,31 @@ def _mse(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean((a.astype(np.float64) - b) ** 2))
 
 
+def sensitivity_probe(images: np.ndarray) -> np.ndarray:
+    """The calibration images the per-layer ranking runs on, fewer when they are large."""
+    per_image = max(1, int(np.prod(images.shape[1:])))
+    return images[: max(1, min(SENSITIVITY_IMAGES, SENSITIVITY_VALUES // per_image))]
+
+
+def _search_record(attempts: list, started: float, probe: np.ndarray, rankings: int) -> dict[str, Any]:
+    """What the search did: every attempt, how many per-layer probes it ran, and its wall time."""
+    return {
+        "fp32_layers": list(attempts[-1].fp32_layers),
+        "attempts": [a.to_dict() for a in attempts],
+        "sensitivity_probes": rankings,
+        "sensitivity_images": len(probe) if rankings else 0,
+        "search_seconds": round(time.perf_counter() - started, 1),
+    }
+
+
 def _onnx_int8(ctx: ExportContext, float_onnx: Path, out: Path, float_accuracy: float) -> dict[str, Any]:
     settings = ctx.settings
+    started = time.perf_counter()
     preset = resolve_preset(settings.int8_target)
     calibration = ctx.calibration()
-    probe = calibration.images[:SENSITIVITY_IMAGES]
+    probe = sensitivity_probe(calibration.images)
     float_probe = predict(open_runner("onnx", float_onnx), probe)
+    probes: list[str] = []
     methods = [settings.calibration_method, *(m for m in METHODS if m != settings.calibration_method)]
 
     def evaluate(run) -> float:
@@ -69,6 +96,7 @@ def _onnx_int8(ctx: ExportContext, float_onnx: Path, out: Path, float_accuracy: 
                 return open_runner("onnx", quantizer.quantize(path, method, **layers))
 
         def sensitivity(method: str, layer: str) -> float:
+            probes.append(layer)
             return _mse(
                 predict(quantized(Path(work) / "probe.onnx", method, only=(layer,)), probe), float_probe
             )
@@ -81,6 +109,7 @@ def _onnx_int8(ctx: ExportContext, float_onnx: Path, out: Path, float_accuracy: 
             layers=quantizer.layers,
             fp32_accuracy=float_accuracy,
             budget=settings.max_accuracy_drop,
+            fallback_attempts=settings.int8_fallback_attempts,
         )
     check_onnx(out)
     final = attempts[-1]
@@ -95,23 +124,25 @@ def _onnx_int8(ctx: ExportContext, float_onnx: Path, out: Path, float_accuracy: 
         "bias_correction": preset.bias_correction,
         "calibration_images": len(calibration),
         "calibration_method": final.method,
-        "fp32_layers": list(final.fp32_layers),
-        "attempts": [a.to_dict() for a in attempts],
+        **_search_record(attempts, started, probe, len(probes)),
         "ops": op_counts(out),
     }
 
 
 def _torch_int8(ctx: ExportContext, model: nn.Module, float_accuracy: float) -> tuple[nn.Module, dict]:
+    started = time.perf_counter()
     calibration = ctx.calibration().images
-    probe = calibration[:SENSITIVITY_IMAGES]
+    probe = sensitivity_probe(calibration)
     float_probe = predict(eager_runner(model), probe)
     built: list[nn.Module] = []
+    probes: list[str] = []
 
     def build(_method: str, fp32_layers: tuple[str, ...]):
         built.append(quantize_model(model, calibration, exclude=fp32_layers))
         return eager_runner(built[-1])
 
     def sensitivity(_method: str, layer: str) -> float:
+        probes.append(layer)
         probe_model = quantize_model(model, probe, only=(layer,))
         return _mse(predict(eager_runner(probe_model), probe), float_probe)
 
@@ -125,6 +156,7 @@ def _torch_int8(ctx: ExportContext, model: nn.Module, float_accuracy: float) -> 
         layers=quantizable_layers(model),
         fp32_accuracy=float_accuracy,
         budget=ctx.settings.max_accuracy_drop,
+        fallback_attempts=ctx.settings.int8_fallback_attempts,
     )
     settings = {
         "quantizer": "torch.ao.quantization " + ("quantize_dynamic" if dynamic else "prepare_fx/convert_fx"),
@@ -133,15 +165,34 @@ def _torch_int8(ctx: ExportContext, model: nn.Module, float_accuracy: float) -> 
         if dynamic
         else "static: HistogramObserver uint8 activations, per-channel int8 weights",
         "calibration_images": 0 if dynamic else len(calibration),
-        "fp32_layers": list(attempts[-1].fp32_layers),
-        "attempts": [a.to_dict() for a in attempts],
+        **_search_record(attempts, started, probe, len(probes)),
     }
     return built[-1], settings
 
 
+def _torchscript_int8(
+    ctx: ExportContext, name: str, model: nn.Module, float_accuracy: float, path: Path
+) -> tuple[Artifact | None, dict[str, Any], dict[str, str]]:
+    """The TorchScript INT8 file (optional: its parity is checked by ``finish_variant``), its
+    settings, and the reason it was skipped when PyTorch's quantizer cannot take the model
+    or its search misses the budget."""
+    try:
+        quantized, settings = _torch_int8(ctx, model, float_accuracy)
+        with export_step(TORCHSCRIPT_STEP, "torchscript", quantized):
+            write_torchscript(quantized, ctx.example(), path)
+    except BudgetMissed as exc:
+        return None, {}, {"torchscript": f"variant '{name}' (torchscript): {exc}"}
+    except StepFailed as exc:
+        path.unlink(missing_ok=True)  # a trace that failed half-way
+        return None, {}, {"torchscript": describe_failure(name, exc)["reason"]}
+    reference = predict(eager_runner(quantized), ctx.parity_set.images)
+    artifact = Artifact("torchscript", path, reference, f"{name} eager int8", strict=True, optional=True)
+    return artifact, settings, {}
+
+
 def quantized_variant(ctx: ExportContext, name: str, float_name: str) -> dict[str, Any]:
     """INT8 of the float variant ``float_name``; the ONNX file must meet the accuracy budget,
-    the TorchScript file is dropped (with the reason) if it cannot."""
+    the TorchScript file is dropped (with the reason) if it cannot, or cannot be built."""
     if float_name not in ctx.float_models:
         raise VariantFailed(f"{name} quantizes {float_name}, which was not built")
     model = ctx.float_models[float_name]
@@ -157,23 +208,12 @@ def quantized_variant(ctx: ExportContext, name: str, float_name: str) -> dict[st
         raise VariantFailed(f"{name} onnx: {exc}") from None
     float_parity = predict(eager_runner(model), ctx.parity_set.images)
     artifacts = [Artifact("onnx", onnx_path, float_parity, f"{float_name} eager fp32", strict=False)]
-    skipped: dict[str, str] = {}
-    torch_settings: dict[str, Any] = {}
-    try:
-        quantized, torch_settings = _torch_int8(ctx, model, float_accuracy)
-    except BudgetMissed as exc:
-        skipped["torchscript"] = str(exc)
-    else:
-        with export_step(TORCHSCRIPT_STEP, "torchscript", quantized):
-            write_torchscript(quantized, ctx.example(), ts_path)
-        reference = predict(eager_runner(quantized), ctx.parity_set.images)
-        artifacts.append(Artifact("torchscript", ts_path, reference, f"{name} eager int8", strict=True))
+    torchscript, torch_settings, skipped = _torchscript_int8(ctx, name, model, float_accuracy, ts_path)
+    artifacts += [torchscript] if torchscript else []
     macs, params = macs_and_params(model, ctx.spec)
     source = ctx.float_sparsity.get(float_name, 0.0)
     preset = resolve_preset(ctx.settings.int8_target).name
     notes = f"INT8 of {float_name}; ONNX graph quantized with the {preset} preset"
-    if skipped:
-        notes += "; TorchScript INT8 skipped: " + skipped["torchscript"]
     notes += "; no .pt2 (INT8 torch.export programs need the separate PT2E quantization flow)"
     return finish_variant(
         ctx,

@@ -67,6 +67,9 @@ def print_report(manifest: Manifest, console: Console) -> None:
     for name, entry in data["variants"].items():
         if entry.get("notes"):
             console.print(f"[bold]{name}[/]: {entry['notes']}")
+        # A variant without one of its files says so, with the reason, never silently.
+        for fmt, reason in entry.get("skipped_formats", {}).items():
+            console.print(f"[yellow]{name}: no {fmt} file[/] - {escape(reason)}")
     if manifest.failed:
         console.print(_failures_table(manifest.failed))
     console.print(f"Bundle: [bold]{manifest.bundle_dir}[/]")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slimserve.cli_types import positive_float, positive_int, share
+from slimserve.cli_types import non_negative_int, positive_float, positive_int, share
 from slimserve.errors import SlimserveError
 from slimserve.settings import option
 
@@ -45,6 +45,12 @@ class ExportSettings:
     )
     max_accuracy_drop: float = option(
         0.5, help="largest accepted accuracy drop vs fp32, in points", parse=positive_float
+    )
+    int8_fallback_attempts: int = option(
+        4,
+        help="INT8: builds after the calibration methods that keep the most sensitive layers in fp32 "
+        "(1 up to half of them, spaced geometrically); bounds the search's time, per format; 0 = none",
+        parse=non_negative_int,
     )
     prune_macs: float = option(
         0.5,
@@ -89,6 +95,7 @@ class ExportSettings:
             ),
             (len(set(self.drop_blocks)) == len(self.drop_blocks), "--drop-blocks names a block twice"),
             (self.max_accuracy_drop >= 0, "--max-accuracy-drop must not be negative"),
+            (self.int8_fallback_attempts >= 0, "--int8-fallback-attempts must not be negative"),
         ]
         for ok, message in checks:
             if not ok:

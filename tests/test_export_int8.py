@@ -12,7 +12,7 @@ import torch
 
 from export.building import ExportSettings
 from export.int8_presets import resolve_preset
-from export.int8_search import BudgetMissed, fit_budget
+from export.int8_search import BudgetMissed, fallback_counts, fit_budget
 from export.pipeline import export_bundle
 
 
@@ -125,6 +125,7 @@ def test_budget_search_tries_methods_then_sensitive_layers():
         layers=list(harmful),
         fp32_accuracy=0.9,
         budget=1.0,
+        fallback_attempts=4,
     )
     assert [a.method for a in attempts] == ["minmax", "entropy", "percentile", "entropy"]
     assert attempts[-1].fp32_layers == ("conv1",)
@@ -138,7 +139,39 @@ def test_budget_search_tries_methods_then_sensitive_layers():
             layers=list(harmful),
             fp32_accuracy=0.9,
             budget=0.01,
+            fallback_attempts=4,
         )
+
+
+def test_fallback_attempts_are_geometric_and_bounded():
+    # EfficientNet-Lite0 has 50 Conv/Linear layers: 4 builds span 1 to 25 kept in fp32.
+    assert fallback_counts(50, 4) == [1, 3, 9, 25]
+    assert fallback_counts(6, 4) == [1, 2, 3]  # a small model gets the whole linear scan
+    assert fallback_counts(50, 1) == [1] and fallback_counts(50, 0) == [] and fallback_counts(1, 4) == []
+    for layers, attempts in ((50, 4), (160, 6), (7, 2)):
+        counts = fallback_counts(layers, attempts)
+        assert len(counts) <= attempts and counts == sorted(set(counts)) and max(counts) == layers // 2
+
+
+def test_no_fallback_attempts_skip_the_per_layer_ranking():
+    ranked = []
+
+    def sensitivity(method, layer):
+        ranked.append(layer)
+        return 1.0
+
+    with pytest.raises(BudgetMissed, match="after 2 attempts.*--int8-fallback-attempts"):
+        fit_budget(
+            build=lambda method, fp32_layers: None,
+            evaluate=lambda _run: 0.5,
+            sensitivity=sensitivity,
+            methods=["minmax", "entropy"],
+            layers=[f"conv{i}" for i in range(50)],
+            fp32_accuracy=0.9,
+            budget=1.0,
+            fallback_attempts=0,
+        )
+    assert ranked == []  # no per-layer probe ran: the expensive step is bounded too
 
 
 def test_unreachable_budget_fails_only_that_variant(tiny_cnn_run, tmp_path):
