@@ -101,6 +101,28 @@ def _peak_lines(machine: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _latency_words(figures: dict[str, Any] | None) -> str:
+    if figures is None:
+        return "batch 1 not timed"
+    return f"batch-1 p50 {figures['p50_ms']:.2f} ms, {cell(figures['share_of_peak'], '{:.1%}')} of peak"
+
+
+def int8_target_line(summary: dict[str, Any]) -> str | None:
+    """The issue's speed target in one line: the INT8 cell within the budget against the
+    reference at the largest batch size, with both cells' batch-1 latency and share of peak."""
+    target = summary.get("int8_speed_target")
+    if not target:
+        return None
+    low, high = target["speedup_range"] or (target["speedup"], target["speedup"])
+    return (
+        f"INT8 within the budget vs {summary['reference']} at batch {target['batch_size']}: "
+        f"{target['variant']}/{target['runtime']}/{short_device(target['device'])} "
+        f"{target['speedup']:.2f}x (rounds {low:.2f}-{high:.2f}), "
+        f"{cell(target['share_of_peak'], '{:.1%}')} of the INT8 peak; {_latency_words(target['batch1'])}; "
+        f"reference {_latency_words(target['reference_batch1'])}"
+    )
+
+
 def models_markdown(report: dict[str, Any]) -> str:
     machine, settings, summary = report["machine"], report["settings"], report["summary"]
     bundle = report["bundle"]
@@ -156,6 +178,9 @@ def models_markdown(report: dict[str, Any]) -> str:
             f"{fastest['device']}, p50 {fastest['p50_ms']:.3f} ms, {cell(fastest['latency_ratio'], '{:.2f}')}x "
             "lower than the reference"
         )
+    target = int8_target_line(summary)
+    if target:
+        lines.append(f"- {target}")
     top = summary["best_int8_share_of_peak"]
     if top:
         lines.append(

@@ -124,3 +124,33 @@ def test_bench_models_cli_rejects_bad_batch_sizes(capsys: pytest.CaptureFixture)
         main(["bench", "models", "x", "--batch-sizes", "0,8"])
     assert exit_info.value.code == 2
     assert "positive whole numbers" in capsys.readouterr().err
+
+
+def _cell(variant, runtime, batch, p50_ms, speedup, drop, share, precision="int8"):
+    return {
+        "variant": variant, "runtime": runtime, "device": "cpu", "batch_size": batch, "p50_ms": p50_ms,
+        "speedup": speedup, "speedup_range": [speedup * 0.9, speedup * 1.1], "accuracy_drop_points": drop,
+        "share_of_peak": share, "precision": precision,
+    }  # fmt: skip
+
+
+def test_int8_speed_target_names_the_int8_cell_within_budget_with_both_batch1_latencies():
+    from benchmarks.models_bench import int8_speed_target
+    from benchmarks.report import int8_target_line
+
+    rows = [
+        _cell("fp32", "pytorch-eager", 1, 20.0, 1.0, 0.0, 0.05, precision="fp32"),
+        _cell("fp32", "pytorch-eager", 32, 400.0, 1.0, 0.0, 0.08, precision="fp32"),
+        _cell("int8", "onnxruntime", 1, 4.0, 5.0, 0.0, 0.02),
+        _cell("int8", "onnxruntime", 32, 60.0, 6.7, 0.0, 0.10),
+        # Faster, but outside the 0.5-point budget: not the target's figure.
+        _cell("int8", "torchscript", 32, 40.0, 10.0, 1.3, 0.15),
+    ]
+    settings = ModelBenchSettings(batch_sizes=(1, 32), select_batch=32)
+    target = int8_speed_target(rows, "fp32 pytorch-eager (cpu)", settings)
+    assert (target["runtime"], target["batch_size"], target["speedup"]) == ("onnxruntime", 32, 6.7)
+    assert target["batch1"] == {"p50_ms": 4.0, "share_of_peak": 0.02}
+    assert target["reference_batch1"] == {"p50_ms": 20.0, "share_of_peak": 0.05}
+    line = int8_target_line({"reference": "fp32 pytorch-eager (cpu)", "int8_speed_target": target})
+    assert "6.70x" in line and "batch-1 p50 4.00 ms, 2.0% of peak" in line and "20.00 ms" in line
+    assert int8_speed_target(rows[:2], "fp32 pytorch-eager (cpu)", settings) is None
