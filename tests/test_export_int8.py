@@ -160,7 +160,7 @@ def test_no_fallback_attempts_skip_the_per_layer_ranking():
         ranked.append(layer)
         return 1.0
 
-    with pytest.raises(BudgetMissed, match="after 2 attempts.*--int8-fallback-attempts"):
+    with pytest.raises(BudgetMissed, match=r"after 2 attempts.*--int8-fallback-attempts"):
         fit_budget(
             build=lambda method, fp32_layers: None,
             evaluate=lambda _run: 0.5,
