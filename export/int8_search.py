@@ -1,9 +1,10 @@
 """Accuracy-aware INT8: try calibration methods, then keep the most sensitive layers in fp32.
 
 Shared by the ONNX Runtime and the PyTorch quantizers; each supplies ``build(method,
-fp32_layers)`` (quantize and return a runner for the result) and ``sensitivity(method,
-layer)`` (the error of a model where only ``layer`` is quantized, measured against fp32
-on calibration images, so the ranking never looks at the test labels). The budget is
+fp32_layers)`` (quantize and return a runner for the result) and ``rank(method)`` (the
+layers, most sensitive first: ``export.int8`` measures the error of a model where only one
+layer is quantized, against fp32 on calibration images, so the ranking never looks at the
+test labels). The budget is
 checked on the evaluation set, as the issue defines it.
 
 The search is bounded by a count of attempts, not by a clock, so the same checkpoint and
@@ -69,7 +70,7 @@ def fit_budget(
     *,
     build: Callable[[str, tuple[str, ...]], Runner],
     evaluate: Callable[[Runner], float],
-    sensitivity: Callable[[str, str], float],
+    rank: Callable[[str], list[str]],
     methods: list[str],
     layers: list[str],
     fp32_accuracy: float,
@@ -78,8 +79,8 @@ def fit_budget(
 ) -> list[Attempt]:
     """Attempts in order; the last one met the budget and its artifact is the one on disk.
 
-    The per-layer ranking (one ``sensitivity`` call per layer) runs only when every method
-    missed the budget and fallback attempts are allowed."""
+    ``rank`` (one quantization per layer) is called only when every method missed the
+    budget and fallback attempts are allowed."""
     attempts: list[Attempt] = []
 
     def attempt(method: str, fp32_layers: tuple[str, ...]) -> bool:
@@ -94,7 +95,7 @@ def fit_budget(
     if not counts:
         raise BudgetMissed(attempts, budget)
     best = max(attempts, key=lambda a: a.accuracy).method
-    ranking = sorted(layers, key=lambda layer: sensitivity(best, layer), reverse=True)
+    ranking = rank(best)
     for count in counts:
         if attempt(best, tuple(ranking[:count])):
             return attempts

@@ -169,31 +169,29 @@ def flexnet_bundle(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.mark.slow  # flexnet_bundle trains and exports three variants
-def test_unsupported_layer_is_named_and_other_variants_are_built(flexnet_bundle):
+def test_int8_torchscript_the_quantizer_cannot_take_is_skipped_with_the_layer(flexnet_bundle):
+    """FX cannot trace the layer: the INT8 variant keeps its ONNX file (the one the service
+    defaults to), and the missing TorchScript file is named with its layer, never silently."""
     manifest, printed = flexnet_bundle
-    assert set(manifest.variants) == {"fp32", "sparse"}
-    failure = manifest.failed["int8"]
-    assert failure["layer"] == "blocks.1"
-    assert failure["layer_class"] == "FlexibleFlatten"
-    assert failure["format"] == "torchscript"
-    assert "FX graph mode" in failure["step"]
-    assert failure["error"].startswith("TraceError: ") and "control flow" in failure["error"]
-    assert failure["reason"].startswith(
+    assert set(manifest.variants) == {"fp32", "int8", "sparse"} and manifest.failed == {}
+    int8 = manifest.variant("int8")
+    assert set(int8.files) == {"onnx"}
+    assert not (manifest.bundle_dir / "int8" / "model.ts").exists()
+    reason = int8.entry["skipped_formats"]["torchscript"]
+    assert reason.startswith(
         "variant 'int8' (torchscript): layer 'blocks.1' (FlexibleFlatten) is not supported by PyTorch INT8"
     )
-    assert "\n" not in failure["reason"]
-    assert not (manifest.bundle_dir / "int8").exists()
+    assert "FX graph mode" in reason and "TraceError: " in reason and "control flow" in reason
+    assert "\n" not in reason
     for name in ("fp32", "sparse"):
         variant = manifest.variant(name)
         assert {"onnx", "torchscript"} <= set(variant.files)
         for artifact in variant.files.values():
             assert artifact.verified_path(manifest.bundle_dir).stat().st_size == artifact.bytes
         assert all(check["passed"] for check in variant.entry["parity"].values())
-    assert manifest.data["default_variant"] == "fp32"
-    # The export table lists the failure with its step and layer.
-    assert "failed variants" in printed
-    assert "blocks.1 (FlexibleFlatten)" in printed
-    assert "variant 'int8' (torchscript): layer 'blocks.1'" in printed
+    assert manifest.data["default_variant"] == "int8"
+    # The export prints what was left out and why.
+    assert "int8: no torchscript file - variant 'int8' (torchscript): layer 'blocks.1'" in printed
 
 
 @pytest.mark.slow  # flexnet_bundle trains and exports three variants
@@ -202,6 +200,7 @@ def test_manifests_with_plain_string_failures_still_read(flexnet_bundle, tmp_pat
     copy = tmp_path / "bundle"
     shutil.copytree(manifest.bundle_dir, copy)
     data = json.loads((copy / "manifest.json").read_text())
+    data["variants"].pop("int8")
     data["failed"] = {"int8": "TraceError: symbolically traced variables cannot be used"}
     (copy / "manifest.json").write_text(json.dumps(data))
     old = read_manifest(copy)

@@ -120,7 +120,7 @@ def test_budget_search_tries_methods_then_sensitive_layers():
     attempts = fit_budget(
         build=build,
         evaluate=evaluate,
-        sensitivity=lambda method, layer: harmful[layer],
+        rank=lambda method: sorted(harmful, key=harmful.get, reverse=True),
         methods=["minmax", "entropy", "percentile"],
         layers=list(harmful),
         fp32_accuracy=0.9,
@@ -134,7 +134,7 @@ def test_budget_search_tries_methods_then_sensitive_layers():
         fit_budget(
             build=build,
             evaluate=evaluate,
-            sensitivity=lambda method, layer: harmful[layer],
+            rank=lambda method: sorted(harmful, key=harmful.get, reverse=True),
             methods=["entropy"],
             layers=list(harmful),
             fp32_accuracy=0.9,
@@ -156,22 +156,22 @@ def test_fallback_attempts_are_geometric_and_bounded():
 def test_no_fallback_attempts_skip_the_per_layer_ranking():
     ranked = []
 
-    def sensitivity(method, layer):
-        ranked.append(layer)
-        return 1.0
+    def rank(method):
+        ranked.append(method)
+        return []
 
     with pytest.raises(BudgetMissed, match=r"after 2 attempts.*--int8-fallback-attempts"):
         fit_budget(
             build=lambda method, fp32_layers: None,
             evaluate=lambda _run: 0.5,
-            sensitivity=sensitivity,
+            rank=rank,
             methods=["minmax", "entropy"],
             layers=[f"conv{i}" for i in range(50)],
             fp32_accuracy=0.9,
             budget=1.0,
             fallback_attempts=0,
         )
-    assert ranked == []  # no per-layer probe ran: the expensive step is bounded too
+    assert ranked == []  # no per-layer ranking ran: the expensive step is bounded too
 
 
 def test_unreachable_budget_fails_only_that_variant(tiny_cnn_run, tmp_path):
