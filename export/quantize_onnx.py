@@ -50,7 +50,7 @@ def equal_batch_size(count: int, largest: int = CALIBRATION_BATCH) -> int:
     return next(size for size in range(min(largest, count), 0, -1) if count % size == 0)
 
 
-class _Batches(CalibrationDataReader):
+class CalibrationBatches(CalibrationDataReader):
     """Feeds calibration images to ORT's calibrator in batches of one size."""
 
     def __init__(self, images: np.ndarray) -> None:
@@ -105,7 +105,7 @@ class OnnxQuantizer:
         quantize_static(
             str(source),
             str(out),
-            _Batches(self.calibration.images),
+            CalibrationBatches(self.calibration.images),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             reduce_range=preset.reduce_range,
