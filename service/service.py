@@ -22,7 +22,7 @@ from service import connections
 from service.batching import AdaptiveRoute, adaptive_dispatcher, decide
 from service.config import ServeConfig
 from service.errors import RequestError
-from service.http import ROUTES, JsonRoutingErrors, build_app
+from service.http import ROUTES, PredictionFront
 from service.limits import clip
 from service.metrics import batch_size_for, inference_seconds_for
 from service.openapi import publish
@@ -239,6 +239,7 @@ Slimserve = bentoml.service(
     # BentoML wraps every request in OpenTelemetry spans even with no exporter configured
     # (sample rate 0); skipping them on the hot routes saves ~0.2 ms per request.
     tracing={} if CONFIG.tracing else {"excluded_urls": "/predict,/models"},
-)(bentoml.asgi_app(build_app(CONFIG), path="/")(Slimserve))
+)(Slimserve)
 Slimserve.mount_asgi_app(build_ui_app(), path="/", name="upload_page")
-Slimserve.add_asgi_middleware(JsonRoutingErrors)
+# The prediction routes are answered by this middleware itself (service.http).
+Slimserve.add_asgi_middleware(PredictionFront, config=CONFIG)
