@@ -252,6 +252,8 @@ def _compact(description: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _models(service: Any, call: Call) -> Answer:
+    # Another worker may already be ready (readiness is per worker): no empty list meanwhile.
+    service.check_loaded()
     described = [v.describe() for v in service.variants.values()]
     return Answer(
         {

@@ -120,10 +120,13 @@ class Slimserve:
     def __is_alive__(self) -> bool:
         return self.load_error is None
 
-    def pick(self, name: Any) -> LoadedVariant:
-        """The requested variant by name, checked against the loaded set only."""
+    def check_loaded(self) -> None:
         if not self.loaded.is_set():
             raise RequestError(503, "the models are still loading; retry when /readyz answers 200")
+
+    def pick(self, name: Any) -> LoadedVariant:
+        """The requested variant by name, checked against the loaded set only."""
+        self.check_loaded()
         if name is None or name == "":
             return self.variants[self.default_variant]
         if not isinstance(name, str) or name not in self.variants:
