@@ -1,9 +1,13 @@
 """The prediction routes: one image as multipart, raw body or base64 JSON; a batch; the model list.
 
-A plain Starlette app mounted into the BentoML service. BentoML's typed ``@bentoml.api``
-inputs accept images only as multipart, answer 500 for undecodable bytes and wrap 4xx
-errors in a list, so these routes parse requests themselves and answer every refusal
-as ``{"error": "..."}`` with the status that names the problem.
+Bare ASGI, dispatched by ``PredictionFront``, a service-level ASGI middleware of the BentoML
+service (``add_asgi_middleware``): BentoML's own outer layers (its traffic metrics,
+timeout, concurrency cap) wrap these routes as before, but its router, context
+middleware and a second, mounted Starlette app no longer sit between them and the
+handlers (``service.responses`` says why). BentoML's typed ``@bentoml.api`` inputs accept
+images only as multipart, answer 500 for undecodable bytes and wrap 4xx errors in a list,
+so these routes parse requests themselves and answer every refusal as
+``{"error": "..."}`` with the status that names the problem.
 """
 
 import base64
@@ -18,31 +22,19 @@ from typing import Any
 
 import bentoml
 import numpy as np
-from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.requests import ClientDisconnect
 
 from service.config import ServeConfig
 from service.errors import RequestError
 from service.limits import BodyAborted, BodyLimitMiddleware, clip, json_messages, parse_json
 from service.metrics import predictions_for, request_seconds_for
-from service.responses import JsonResponse
+from service.responses import Answer, Call, error_answer, send_answer
 from slimserve.topk import top_k
 
 logger = logging.getLogger("slimserve.service")
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/bmp", "image/x-ms-bmp", "image/gif")
 ACCEPTED = "multipart/form-data, application/json (base64) or image/png, image/jpeg, image/webp, image/bmp, image/gif"
-
-
-def error_response(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
-
-
-def _media_type(request: Request) -> str:
-    return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
 def _b64(value: Any, where: str) -> bytes:
@@ -78,22 +70,18 @@ def form_value(value: str) -> str:
 
 
 OPTIONS = ("variant", "top_k")
-ROUTES = ("/predict", "/predict/unbatched", "/predict/batch", "/models")
-ROUTES_TEXT = (
-    "POST /predict, /predict/unbatched, /predict/batch; GET /models, /ui (upload page), / (API docs)"
-)
 
 
 async def read_payloads(
-    request: Request, many: bool, config: ServeConfig
+    call: Call, many: bool, config: ServeConfig
 ) -> tuple[list[bytes], dict[str, Any]]:
     """The image bytes of a request and its options (query parameters, or JSON fields)."""
     max_images = config.max_batch_images
-    options: dict[str, Any] = dict(request.query_params)
-    media_type = _media_type(request)
+    options: dict[str, Any] = call.query()
+    media_type = call.media_type()
     if media_type == "multipart/form-data":
         try:
-            form = await request.form(max_files=max_images, max_fields=16)
+            form = await call.form(max_files=max_images, max_fields=16)
         except HTTPException as exc:  # Starlette's multipart limits and parse errors
             status = 413 if "Too many files" in str(exc.detail) else 400
             detail = f"too many images: the limit is {max_images}" if status == 413 else exc.detail
@@ -109,9 +97,9 @@ async def read_payloads(
     elif media_type in IMAGE_TYPES:
         if many:
             raise RequestError(415, f"a batch is a multipart form or JSON list, not {media_type}")
-        payloads = [await request.body()]
+        payloads = [await call.body()]
     elif media_type == "application/json":
-        body = parse_json(await request.body(), config.max_json_depth, config.max_json_number_chars)
+        body = parse_json(await call.body(), config.max_json_depth, config.max_json_number_chars)
         if not isinstance(body, dict):
             raise RequestError(400, "the JSON body must be an object")
         key = "images" if many else "image"
@@ -160,65 +148,56 @@ def parse_top_k(value: Any, default: int) -> int:
     return k
 
 
-Handler = Callable[[Any, Request], Awaitable[JSONResponse]]
+Handler = Callable[[Any, Call], Awaitable[Answer]]
 
 
-def internal_error(route: str, request: Request) -> JSONResponse:
+def internal_error(route: str) -> Answer:
     """Log the current exception with a fresh request id and answer a JSON 500 naming it.
 
     The id is the only link between what the client sees and the traceback in the log.
     """
     request_id = uuid.uuid4().hex[:16]
     logger.exception("unexpected error on %s (request id %s)", route, request_id)
-    return JSONResponse(
+    return Answer(
         {
             "error": f"internal error; quote request id {request_id} when reporting it",
             "request_id": request_id,
         },
-        status_code=500,
-        headers={"x-request-id": request_id},
+        500,
+        {"x-request-id": request_id},
     )
 
 
-def _endpoint(route: str, handler: Handler) -> Callable[[Request], Awaitable[JSONResponse]]:
-    """Shared envelope: find the service, time the request, count it, map errors to JSON."""
-
-    async def endpoint(request: Request) -> JSONResponse:
-        service = bentoml.get_current_service()
-        start = time.perf_counter()
-        request.state.start = start
-        request.state.variant = "unknown"
-        try:
-            response = await handler(service, request)
-            outcome = "ok"
-        except RequestError as exc:
-            response = error_response(exc.status, exc.message)
-            outcome = str(exc.status)
-        except BodyAborted:  # BodyLimitMiddleware answers these
-            raise
-        except ClientDisconnect:  # the client left mid-body: nobody reads the answer
-            response = error_response(400, "the client disconnected before the body was complete")
-            outcome = "400"
-        except Exception:  # a bug or fault of ours: JSON 500, logged and counted, never a traceback
-            response = internal_error(route, request)
-            outcome = "500"
-        if route != "models":
-            variant = request.state.variant
-            predictions_for(variant, route, outcome).inc(getattr(request.state, "images", 1))
-            request_seconds_for(variant, route).observe(time.perf_counter() - start)
-        return response
-
-    return endpoint
+async def _answer(route: str, handler: Handler, service: Any, call: Call) -> Answer:
+    """Shared envelope: run the handler, count and time the request, map errors to JSON."""
+    try:
+        answer = await handler(service, call)
+        outcome = "ok"
+    except RequestError as exc:
+        answer = error_answer(exc.status, exc.message)
+        outcome = str(exc.status)
+    except BodyAborted:  # BodyLimitMiddleware answers these
+        raise
+    except ClientDisconnect:  # the client left mid-body: nobody reads the answer
+        answer = error_answer(400, "the client disconnected before the body was complete")
+        outcome = "400"
+    except Exception:  # a bug or fault of ours: JSON 500, logged and counted, never a traceback
+        answer = internal_error(route)
+        outcome = "500"
+    if route != "models":
+        predictions_for(call.variant, route, outcome).inc(call.images)
+        request_seconds_for(call.variant, route).observe(time.perf_counter() - call.start)
+    return answer
 
 
-async def _predict(service: Any, request: Request, mode: str) -> JSONResponse:
+async def _predict(service: Any, call: Call, mode: str) -> Answer:
     config: ServeConfig = service.config
-    payloads, options = await read_payloads(request, many=mode == "batch", config=config)
+    payloads, options = await read_payloads(call, many=mode == "batch", config=config)
     variant = service.pick(options.get("variant"))
-    request.state.variant = variant.name
-    request.state.images = len(payloads)
+    call.variant = variant.name
+    call.images = len(payloads)
     k = parse_top_k(options.get("top_k"), config.top_k)
-    start = request.state.start
+    start = call.start
     batch = await service.preprocess(variant, payloads)
     decoded = time.perf_counter()
     if mode == "adaptive":
@@ -236,8 +215,8 @@ async def _predict(service: Any, request: Request, mode: str) -> JSONResponse:
     head = _answer_head(variant)
     if mode == "batch":
         results = [{"predictions": top_k(row, k, variant.classes)} for row in logits]
-        return JsonResponse({**head, "results": results, "timing": timing})
-    return JsonResponse(
+        return Answer({**head, "results": results, "timing": timing})
+    return Answer(
         {
             **head,
             "predictions": top_k(logits[0], k, variant.classes),
@@ -272,9 +251,11 @@ def _compact(description: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in description.items() if k != "manifest"} | {"entry": entry}
 
 
-async def _models(service: Any, request: Request) -> JSONResponse:
+async def _models(service: Any, call: Call) -> Answer:
+    # Another worker may already be ready (readiness is per worker): no empty list meanwhile.
+    service.check_loaded()
     described = [v.describe() for v in service.variants.values()]
-    return JsonResponse(
+    return Answer(
         {
             "default_variant": service.default_variant,
             "variants": [_compact(d) | {"batching": service.batching(d["variant"])} for d in described],
@@ -291,60 +272,93 @@ async def _models(service: Any, request: Request) -> JSONResponse:
     )
 
 
-def build_app(config: ServeConfig) -> Starlette:
-    async def predict(service: Any, request: Request) -> JSONResponse:
-        return await _predict(service, request, "adaptive")
-
-    async def predict_unbatched(service: Any, request: Request) -> JSONResponse:
-        return await _predict(service, request, "direct")
-
-    async def predict_batch(service: Any, request: Request) -> JSONResponse:
-        return await _predict(service, request, "batch")
-
-    async def method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
-        allowed = getattr(exc, "headers", None) or {}
-        return JSONResponse(
-            {"error": f"method {clip(request.method)} not allowed on {request.url.path}"},
-            status_code=405,
-            headers=allowed,
-        )
-
-    routes = [
-        Route("/predict", _endpoint("predict", predict), methods=["POST"]),
-        Route("/predict/unbatched", _endpoint("predict_unbatched", predict_unbatched), methods=["POST"]),
-        Route("/predict/batch", _endpoint("predict_batch", predict_batch), methods=["POST"]),
-        Route("/models", _endpoint("models", _models), methods=["GET"]),
-    ]
-    app = Starlette(
-        routes=routes,
-        middleware=[
-            Middleware(
-                BodyLimitMiddleware,
-                max_bytes=config.max_body_bytes,
-                idle_timeout_s=config.body_idle_timeout_s,
-            )
-        ],
-        exception_handlers={405: method_not_allowed},
-    )
-    app.router.redirect_slashes = False  # see JsonRoutingErrors
-    return app
 
 
-class JsonRoutingErrors:
-    """Service-level ASGI middleware: the router's own answers as JSON errors.
+async def _predict_adaptive(service: Any, call: Call) -> Answer:
+    return await _predict(service, call, "adaptive")
 
-    BentoML mounts this app passively: a path none of its routes match never reaches it,
-    and BentoML's router answers itself, with a plain-text 404, a plain-text 405 for its own
-    routes, or, for a trailing slash (``POST /predict/``), a 307 to an absolute URL built
-    from the client's ``Host`` header. Those three are replaced by a JSON 404 or 405.
+
+async def _predict_direct(service: Any, call: Call) -> Answer:
+    return await _predict(service, call, "direct")
+
+
+async def _predict_batch(service: Any, call: Call) -> Answer:
+    return await _predict(service, call, "batch")
+
+
+# path -> (the metrics' route label, allowed methods, handler); HEAD wherever GET, as Starlette.
+ROUTE_TABLE: dict[str, tuple[str, tuple[str, ...], Handler]] = {
+    "/predict": ("predict", ("POST",), _predict_adaptive),
+    "/predict/unbatched": ("predict_unbatched", ("POST",), _predict_direct),
+    "/predict/batch": ("predict_batch", ("POST",), _predict_batch),
+    "/models": ("models", ("GET", "HEAD"), _models),
+}
+ROUTES = tuple(ROUTE_TABLE)
+ROUTES_TEXT = (
+    "POST /predict, /predict/unbatched, /predict/batch; GET /models, /ui (upload page), / (API docs)"
+)
+
+
+class PredictionRoutes:
+    """The prediction routes as one ASGI app: method check, envelope, answer."""
+
+    def __init__(self) -> None:
+        self.service: Any = None
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        path, method = scope["path"], scope["method"]
+        route, methods, handler = ROUTE_TABLE[path]
+        if method not in methods:
+            message = f"method {clip(method)} not allowed on {path}"
+            await send_answer(send, error_answer(405, message, {"allow": ", ".join(methods)}))
+            return
+        if self.service is None:  # created by BentoML's lifespan, before any request is served
+            self.service = bentoml.get_current_service()
+        call = Call(scope, receive, time.perf_counter())
+        await send_answer(send, await _answer(route, handler, self.service, call))
+
+
+def _with_cors(app: Any) -> Any:
+    """BentoML's CORS middleware (when configured) around the routes: it sits behind the
+    service middlewares in BentoML's stack, so a request dispatched early would miss it."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    if not BentoMLContainer.http.cors.enabled.get():
+        return app
+    from starlette.middleware.cors import CORSMiddleware
+
+    return CORSMiddleware(app, **BentoMLContainer.access_control_options.get())
+
+
+class PredictionFront:
+    """Service-level ASGI middleware: the prediction routes answered here, the router's own
+    answers for every other path as JSON errors.
+
+    ``add_asgi_middleware`` puts this inside BentoML's traffic metrics, timeout and
+    concurrency-cap middlewares, which keep applying to every route, and in front of its
+    router: a request for a prediction route goes straight to ``PredictionRoutes``, behind
+    the body limits (``BodyLimitMiddleware``). BentoML's request context
+    (``bentoml.context``, which these routes do not read) is not set for them.
+
+    For any other path, BentoML's router answers a path none of its routes match with a
+    plain-text 404, a plain-text 405 for its own routes, or, for a trailing slash
+    (``POST /predict/``), a 307 to an absolute URL built from the client's ``Host`` header.
+    Those three are replaced by a JSON 404 or 405.
     """
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, config: ServeConfig) -> None:
         self.app = app
+        limited = BodyLimitMiddleware(
+            PredictionRoutes(), max_bytes=config.max_body_bytes, idle_timeout_s=config.body_idle_timeout_s
+        )
+        self.routes = _with_cors(limited)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if scope["path"] in ROUTE_TABLE:
+            await self.routes(scope, receive, send)
             return
         replaced = False
 

@@ -10,6 +10,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -84,6 +86,20 @@ def print_banner(console: Console, url: str, models: dict, cold_start: float) ->
     console.print(f"  curl {url}/models   |   {url}/metrics   |   {url}/readyz", soft_wrap=True)
 
 
+def model_list(url: str, timeout: float) -> dict:
+    """``/models`` once the worker that answers has loaded: ``/readyz`` says one worker is
+    ready, and the next request may reach another that is still loading (503)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/models", timeout=5) as response:
+                return json.load(response)
+        except urllib.error.HTTPError as exc:
+            if exc.code != 503 or time.monotonic() > deadline:
+                raise SlimserveError(f"{url}/models answered {exc.code}") from None
+        time.sleep(0.1)
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM: a requested stop, which exits 0 once the server has drained and stopped."""
 
@@ -107,8 +123,7 @@ def serve(config: ServeConfig, host: str = "0.0.0.0", ready_timeout: float = 120
             cold_start = wait_ready(url, process, ready_timeout)
         except SlimserveError as exc:
             raise SlimserveError(f"{exc}; see its log above") from None
-        with urllib.request.urlopen(f"{url}/models", timeout=5) as response:
-            models = json.load(response)
+        models = model_list(url, ready_timeout)
         print_banner(console, url, models, cold_start)
         process.wait()
     except KeyboardInterrupt as stop:

@@ -7,11 +7,11 @@ answered after ``idle_timeout_s`` instead of holding a worker slot until BentoML
 60 s request timeout answers 504.
 """
 
+import asyncio
 import json
 import math
 from typing import Any
 
-import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import RequestError
@@ -123,7 +123,9 @@ class BodyLimitMiddleware:
         async def counted_receive() -> Message:
             nonlocal received
             try:
-                with anyio.fail_after(self.idle_timeout_s):
+                # asyncio's own deadline: anyio.fail_after (a cancel scope) cost ~25 us per
+                # receive here, more than the rest of this middleware together.
+                async with asyncio.timeout(self.idle_timeout_s):
                     message = await receive()
             except TimeoutError:
                 raise BodyStalled from None

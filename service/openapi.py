@@ -250,7 +250,8 @@ def openapi_paths(variants: list[str], config: ServeConfig) -> dict[str, Any]:
                 "200": {
                     "description": "the model list",
                     "content": {"application/json": {"schema": _ref("Models")}},
-                }
+                },
+                "503": _error("this worker is still loading its models"),
             },
         }
     }

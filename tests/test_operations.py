@@ -307,8 +307,8 @@ def test_sigterm_under_load_finishes_accepted_requests_and_loses_none(
 
 @pytest.mark.http
 def test_readiness_answers_503_promptly_while_the_models_load(bundle, sample_png, tmp_path):  # noqa: F811
-    """`bentoml serve` (what a container runs) with a warm-up long enough to watch: /readyz
-    and /predict answer 503 at once while loading, /livez 200, then /readyz turns 200."""
+    """`bentoml serve` (what a container runs) with a warm-up long enough to watch: /readyz,
+    /predict and /models answer 503 at once while loading, /livez 200, then /readyz turns 200."""
     port = free_port()
     config = ServeConfig(bundle=BUNDLE, port=port, workers=1, warmup_runs=150_000)
     url = f"http://127.0.0.1:{port}"
@@ -336,6 +336,7 @@ def test_readiness_answers_503_promptly_while_the_models_load(bundle, sample_png
                     loading = client.post(f"{url}/predict", content=sample_png,
                                           headers={"Content-Type": "image/png"})  # fmt: skip
                     live = client.get(f"{url}/livez").status_code
+                    models = client.get(f"{url}/models")
                 time.sleep(0.2)
     finally:
         interrupt_group(process, 40)
@@ -347,6 +348,7 @@ def test_readiness_answers_503_promptly_while_the_models_load(bundle, sample_png
     assert loading.status_code == 503
     assert loading.json() == {"error": "the models are still loading; retry when /readyz answers 200"}
     assert live == 200
+    assert models.status_code == 503 and models.json() == loading.json()  # no empty model list
 
 
 def _store_copy(bundle, name: str) -> Path:
