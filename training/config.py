@@ -193,6 +193,19 @@ class TrainConfig:
         "parameters still learn)",
         unset="the recipe's; off outside --recipe transfer",
     )
+    ema_decay: float = option(
+        0.0,
+        help="full fine-tune: serve an exponential moving average of the weights, updated after every step "
+        "with this decay from the weights the fine-tune starts at (0: the last step's weights)",
+        unset="the recipe's; {default} (off) outside --recipe transfer",
+    )
+    wise_alpha: float = option(
+        1.0,
+        help="full fine-tune with a probe: serve (1 - a) x the probed weights + a x the fine-tuned ones "
+        "(WiSE-FT; 1: the fine-tuned weights alone)",
+        parse=positive_float,
+        unset="the recipe's; {default} (off) outside --recipe transfer",
+    )
     crop_scale: float = option(
         0.08,
         help="photo augmentation: RandomResizedCrop's smallest crop, as a share of the image area",
@@ -236,6 +249,16 @@ class TrainConfig:
             (
                 self.probe_epochs == 0 or (self.weights is not None and self.freeze == "none"),
                 "--probe-epochs is the first stage of a full fine-tune: it needs --weights and --freeze none",
+            ),
+            (0 <= self.ema_decay < 1, "--ema-decay must be in [0, 1)"),
+            (
+                self.ema_decay == 0 or (self.weights is not None and self.freeze == "none"),
+                "--ema-decay averages a full fine-tune: it needs --weights and --freeze none",
+            ),
+            (0 < self.wise_alpha <= 1, "--wise-alpha must be in (0, 1]"),
+            (
+                self.wise_alpha == 1 or self.probe_epochs > 0,
+                "--wise-alpha interpolates toward the probed weights: it needs --probe-epochs > 0",
             ),
             (0 < self.crop_scale <= 1, "--crop-scale must be in (0, 1]"),
             (
