@@ -62,6 +62,8 @@ BACKBONE_RECIPES: dict[str, dict[str, Any]] = {
         "probe_epochs": 30,
         "freeze_bn": True,
         "crop_scale": 0.08,
+        "backbone_lr_scale": 0.3,
+        "ema_decay": 0.95,
     },
     "transfer-frozen": {**_PHOTO, "epochs": 30, "lr": 1e-2, "weight_decay": 0.01, "augment": False},
     "full": {**_PHOTO, "epochs": 12, "lr": 2e-3, "weight_decay": 0.05, "augment": True},
@@ -179,7 +181,10 @@ class TrainConfig:
         choices=FREEZE_MODES,
     )
     backbone_lr_scale: float = option(
-        0.1, help="full fine-tune: the backbone's learning rate is --lr times this", parse=positive_float
+        0.1,
+        help="full fine-tune: the backbone's learning rate is --lr times this",
+        parse=positive_float,
+        unset="the recipe's; {default} outside --recipe transfer",
     )
     probe_epochs: int = option(
         0,
