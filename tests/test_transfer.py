@@ -44,10 +44,9 @@ def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def test_the_transfer_recipe_is_lp_ft_with_frozen_batchnorm():
     config = _config()
     assert config.freeze == "none" and config.probe_epochs > 0 and config.freeze_bn
-    assert config.ema_decay == 0.95 and config.backbone_lr_scale == 0.3 and config.wise_alpha == 1
-    assert _config(backbone_lr_scale=0.1, ema_decay=0.0).ema_decay == 0.0  # the command line still overrides
+    assert (config.ema_decay, config.wise_alpha) == (0.0, 1.0)  # measured, not better on average
     frozen = _config(freeze="backbone")
-    assert frozen.probe_epochs == 0 and not frozen.augment and frozen.ema_decay == 0
+    assert frozen.probe_epochs == 0 and not frozen.augment
 
 
 @pytest.mark.slow
@@ -142,10 +141,10 @@ def test_fine_tuning_moves_the_backbone_but_not_batchnorm_statistics(tmp_path):
     metadata = json.loads((tmp_path / "run" / METADATA_FILE).read_text())
     assert metadata["transfer"] == {
         "freeze": "none",
-        "backbone_lr_scale": 0.3,
+        "backbone_lr_scale": 0.1,
         "probe_epochs": 3,
         "freeze_bn": True,
-        "ema_decay": 0.95,
+        "ema_decay": 0.0,
         "wise_alpha": 1.0,
     }
     tuned = load_checkpoint(tmp_path / "run").model.state_dict()
