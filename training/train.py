@@ -32,6 +32,7 @@ from slimserve.errors import SlimserveError
 from slimserve.naming import default_run_dir
 from slimserve.spec import PreprocessSpec
 from training import distributed
+from training.averaging import WeightAveraging, weight_averaging
 from training.backbones import get_head
 from training.checkpoint import METADATA_FILE, atomic_write, save_checkpoint
 from training.config import TrainConfig
@@ -233,6 +234,7 @@ def _session(
     if probe and config.probe_epochs:
         crops = ImageTensors(center_crops(train_set.images, data.spec), train_set.labels)
         linear_probe(model, crops, normalize, device, config)
+    averaging = weight_averaging(config, model)  # after the probe: WiSE-FT's anchor is the probed model
     optimizer = _optimizer(config, model)
     steps = config.epochs * batch_count(train_set, config.batch_size, drop_last=True)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
@@ -250,6 +252,7 @@ def _session(
         autocast=torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext(),
         scaler=torch.amp.GradScaler(enabled=amp_dtype == torch.float16),
         train_mode=_train_mode(config),
+        averaging=averaging,
     )
     if config.freeze == "backbone" and not config.augment:
         # The frozen backbone maps each image to the same features every epoch: compute them
@@ -369,6 +372,7 @@ class EpochPlan:
 
     ``train_mode`` puts the model in training mode: ``nn.Module.train``, or for a frozen
     backbone a version that leaves the backbone (and its BatchNorm statistics) in eval.
+    ``averaging`` is updated after every step (``training.averaging``).
     """
 
     loss_fn: LossFn
@@ -382,6 +386,7 @@ class EpochPlan:
     autocast: AbstractContextManager = field(default_factory=nullcontext)
     scaler: torch.amp.GradScaler = field(default_factory=lambda: torch.amp.GradScaler(enabled=False))
     train_mode: Callable[[nn.Module], Any] = nn.Module.train
+    averaging: WeightAveraging | None = None
 
 
 def _train_step(
@@ -403,6 +408,8 @@ def _train_step(
     plan.scaler.step(plan.optimizer)
     plan.scaler.update()
     plan.scheduler.step()
+    if plan.averaging is not None:
+        plan.averaging.update()
     return logits, loss
 
 
@@ -466,6 +473,8 @@ def _metadata(
             "backbone_lr_scale": config.backbone_lr_scale,
             "probe_epochs": config.probe_epochs,
             "freeze_bn": config.freeze_bn,
+            "ema_decay": config.ema_decay,
+            "wise_alpha": config.wise_alpha,
         }
         if weights
         else None,
@@ -556,6 +565,8 @@ def _train_in_world(
     if state is not None:
         session.plan.optimizer.load_state_dict(state["optimizer"])
         session.scheduler.load_state_dict(state["scheduler"])
+        if session.plan.averaging is not None:
+            session.plan.averaging.load_state_dict(state["averaging"])
         start_epoch, history, elapsed = state["epoch"], state["history"], state["seconds"]
         console.print(f"Resuming {run_dir} from epoch {start_epoch}")
     trained = distributed.wrap(session.trained, device, world)
@@ -577,7 +588,11 @@ def _train_in_world(
                 shard=world.shard,
             ).across(world)
             distributed.sync_buffers(session.trained, world)
-            test_acc = _test_accuracy(session, device, world)
+            averaging = session.plan.averaging  # the averaged weights are what is tested and saved
+            served = averaging.served() if averaging is not None else None
+            test_acc = _test_accuracy(
+                session, served if served is not None else session.trained, device, world
+            )
             elapsed += time.perf_counter() - started
             history.append({"epoch": epoch + 1, **stats.row, "test_accuracy": test_acc})
             _report_epoch(console, table, history[-1], elapsed, description)
@@ -593,7 +608,11 @@ def _train_in_world(
                 **_world_metadata(model, device, world),
             }
             if world.is_main:
-                save_checkpoint(run_dir, model, _metadata(config, data, weights, session, extra))
+                save_checkpoint(
+                    run_dir,
+                    served if served is not None else model,
+                    _metadata(config, data, weights, session, extra),
+                )
                 _save_state(run_dir, _resume_state(config, model, session, history, elapsed))
             distributed.barrier(world)  # no rank starts the next epoch (or exits) before the files exist
     console.print(table)
@@ -631,16 +650,14 @@ def _announce(
     )
 
 
-def _test_accuracy(session: Session, device: torch.device, world: World) -> float:
-    """Test accuracy of the (unwrapped) model; several processes each predict a slice."""
+def _test_accuracy(session: Session, model: nn.Module, device: torch.device, world: World) -> float:
+    """Test accuracy of the (unwrapped, or averaged) model; several processes each predict a slice."""
     plan = session.plan
     if world.size == 1:
-        predicted = _predict(
-            session.trained, session.test_set, session.eval_normalize, device, plan.channels_last
-        )
+        predicted = _predict(model, session.test_set, session.eval_normalize, device, plan.channels_last)
         return (predicted == session.test_set.labels).float().mean().item()
     part = shard_of(session.test_set, world.rank, world.size)
-    predicted = _predict(session.trained, part, session.eval_normalize, device, plan.channels_last)
+    predicted = _predict(model, part, session.eval_normalize, device, plan.channels_last)
     correct, count = distributed.sum_counts([(predicted == part.labels).sum().item(), len(part)], world)
     return correct / count
 
@@ -671,6 +688,7 @@ def _resume_state(
         "model": model.state_dict(),
         "optimizer": session.plan.optimizer.state_dict(),
         "scheduler": session.scheduler.state_dict(),
+        "averaging": session.plan.averaging.state_dict() if session.plan.averaging else None,
         "history": history,
         "seconds": elapsed,
     }

@@ -144,4 +144,6 @@ def describe(config: TrainConfig) -> str:
         return f"{config.weights} weights, backbone frozen ({how})"
     probe = f", head first probed for {config.probe_epochs} epochs" if config.probe_epochs else ""
     bn = ", BatchNorm statistics frozen" if config.freeze_bn else ""
-    return f"{config.weights} weights, full fine-tune (backbone lr x{config.backbone_lr_scale}{probe}{bn})"
+    ema = f", EMA of the weights (decay {config.ema_decay})" if config.ema_decay else ""
+    wise = f", WiSE-FT alpha {config.wise_alpha}" if config.wise_alpha < 1 else ""
+    return f"{config.weights} weights, full fine-tune (backbone lr x{config.backbone_lr_scale}{probe}{bn}{ema}{wise})"
