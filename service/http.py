@@ -72,9 +72,7 @@ def form_value(value: str) -> str:
 OPTIONS = ("variant", "top_k")
 
 
-async def read_payloads(
-    call: Call, many: bool, config: ServeConfig
-) -> tuple[list[bytes], dict[str, Any]]:
+async def read_payloads(call: Call, many: bool, config: ServeConfig) -> tuple[list[bytes], dict[str, Any]]:
     """The image bytes of a request and its options (query parameters, or JSON fields)."""
     max_images = config.max_batch_images
     options: dict[str, Any] = call.query()
@@ -270,8 +268,6 @@ async def _models(service: Any, call: Call) -> Answer:
             "torch_imported": "torch" in sys.modules,
         }
     )
-
-
 
 
 async def _predict_adaptive(service: Any, call: Call) -> Answer:

@@ -23,7 +23,7 @@ class Call:
     """One request on a prediction route: its scope and receive channel, and what the
     envelope records of it (start time, the variant that answered, the image count)."""
 
-    __slots__ = ("scope", "receive", "start", "variant", "images")
+    __slots__ = ("images", "receive", "scope", "start", "variant")
 
     def __init__(self, scope: dict, receive: Any, start: float) -> None:
         self.scope = scope
@@ -67,7 +67,7 @@ class Call:
 class Answer:
     """A JSON answer: status, content, extra headers (names lower-case)."""
 
-    __slots__ = ("status", "content", "headers")
+    __slots__ = ("content", "headers", "status")
 
     def __init__(self, content: Any, status: int = 200, headers: dict[str, str] | None = None) -> None:
         self.status = status

@@ -320,7 +320,9 @@ def test_metrics_include_per_variant_counters_and_latency(server, sample_png):
 def _metrics(server: "Server") -> dict[str, float]:
     """Every sample line of /metrics: series (name and labels) -> value."""
     lines = server.client.get("/metrics").text.splitlines()
-    return {line.rpartition(" ")[0]: float(line.rpartition(" ")[2]) for line in lines if line[:1] not in ("#", "")}
+    return {
+        line.rpartition(" ")[0]: float(line.rpartition(" ")[2]) for line in lines if line[:1] not in ("#", "")
+    }
 
 
 BENTO_LABELS = 'runner_name="slimserve",service_name="slimserve",service_version="not available"'
@@ -331,8 +333,12 @@ def test_a_prediction_writes_every_series_bentoml_and_slimserve_write(server, sa
     """The routes answer from their own ASGI app, inside BentoML's middlewares: one good and
     one refused request each still move BentoML's HTTP series and slimserve's own by one."""
     before = _metrics(server)
-    ok = server.client.post("/predict/unbatched?variant=fp32", content=sample_png, headers={"Content-Type": "image/png"})
-    refused = server.client.post("/predict/unbatched?variant=fp32", content=b"x", headers={"Content-Type": "image/png"})
+    ok = server.client.post(
+        "/predict/unbatched?variant=fp32", content=sample_png, headers={"Content-Type": "image/png"}
+    )
+    refused = server.client.post(
+        "/predict/unbatched?variant=fp32", content=b"x", headers={"Content-Type": "image/png"}
+    )
     assert (ok.status_code, refused.status_code) == (200, 400)
     after = _metrics(server)
 
@@ -345,12 +351,20 @@ def test_a_prediction_writes_every_series_bentoml_and_slimserve_write(server, sa
         assert moved(f"bentoml_service_request_duration_seconds_count{{{labels}}}") == 1
         assert moved(f"bentoml_service_request_duration_seconds_sum{{{labels}}}") > 0
     assert after[f'bentoml_service_request_in_progress{{endpoint="/predict/unbatched",{BENTO_LABELS}}}'] == 0
+
     def stamp(metrics: dict[str, float]) -> float:  # a gauge per worker process (a pid label)
-        return max(v for k, v in metrics.items() if k.startswith("bentoml_service_last_request_timestamp_seconds{"))
+        return max(
+            v for k, v in metrics.items() if k.startswith("bentoml_service_last_request_timestamp_seconds{")
+        )
 
     assert stamp(after) > stamp(before)
     for outcome in ("ok", "400"):
-        assert moved(f'slimserve_predictions_total{{outcome="{outcome}",route="predict_unbatched",variant="fp32"}}') == 1
+        assert (
+            moved(
+                f'slimserve_predictions_total{{outcome="{outcome}",route="predict_unbatched",variant="fp32"}}'
+            )
+            == 1
+        )
     assert moved('slimserve_request_seconds_count{route="predict_unbatched",variant="fp32"}') == 2
     assert moved('slimserve_inference_seconds_count{variant="fp32"}') == 1  # the refused one never ran
 
