@@ -234,14 +234,14 @@ def in_process(
     from benchmarks.reference_server import cpu_backend
     from benchmarks.stats import latency_summary
     from benchmarks.timing import time_calls
-    from service.preprocess import Preprocessor, open_image
+    from service.preprocess import Preprocessor
     from slimserve.manifest import read_manifest
 
     manifest = read_manifest(bundle_dir)
     backend = cpu_backend(manifest, variant, backend_kind, threads, f"in-process {variant}")
     preprocess = Preprocessor(manifest.spec)
     payloads = [p.read_bytes() for p in images]
-    batches = [preprocess.batch([open_image(data, 4096 * 4096)]) for data in payloads]
+    batches = [preprocess.payload(data, 4096 * 4096) for data in payloads]
     index = {"i": 0}
 
     def model_only() -> None:
@@ -250,7 +250,7 @@ def in_process(
 
     def end_to_end() -> None:
         index["i"] += 1
-        batch = preprocess.batch([open_image(payloads[index["i"] % len(payloads)], 4096 * 4096)])
+        batch = preprocess.payload(payloads[index["i"] % len(payloads)], 4096 * 4096)
         backend.run(batch)
 
     bounds = {"warmup": 20, "repeats": repeats, "max_seconds": 20.0}

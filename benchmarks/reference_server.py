@@ -20,7 +20,7 @@ from starlette.routing import Route
 
 from service.config import BACKENDS
 from service.errors import RequestError
-from service.preprocess import Preprocessor, open_image
+from service.preprocess import Preprocessor
 from slimserve.manifest import Manifest, read_manifest
 from slimserve.runtime import Runner, RuntimeOptions, open_runner
 from slimserve.topk import top_k
@@ -52,8 +52,7 @@ def create_app() -> Starlette:
         if int(request.headers.get("content-length") or 0) > MAX_BODY_BYTES:
             return JSONResponse({"error": f"body over {MAX_BODY_BYTES} bytes"}, status_code=413)
         try:
-            # The service's own decode path: a large JPEG is decoded at reduced size.
-            batch = preprocess.batch([open_image(await request.body(), MAX_PIXELS)])
+            batch = preprocess.payload(await request.body(), MAX_PIXELS)
         except RequestError as exc:
             return JSONResponse({"error": exc.message}, status_code=exc.status)
         logits = backend.run(batch)

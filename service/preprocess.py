@@ -127,3 +127,9 @@ class Preprocessor:
             for image in images:
                 image.close()
         return self.normalize(pixels)
+
+    def payload(self, data: bytes, max_pixels: int) -> np.ndarray:
+        """One image's bytes -> float32 (1, C, H, W) exactly as a request's image: header
+        limits first (``open_image``), then ``batch`` (a large JPEG decoded at reduced size).
+        The path every in-process or bare comparison with the service must take."""
+        return self.batch([open_image(data, max_pixels)])

@@ -17,7 +17,7 @@ import numpy as np
 
 from benchmarks.reference_server import cpu_backend
 from service.errors import RequestError
-from service.preprocess import Preprocessor, decode_image
+from service.preprocess import Preprocessor
 from slimserve.manifest import read_manifest
 from slimserve.runtime import Runner
 from slimserve.topk import top_k  # the service's own answer
@@ -73,7 +73,7 @@ class Classifier:
         rows, good = [], []
         for index, data in enumerate(payloads):
             try:
-                rows.append(self.preprocess(decode_image(data, MAX_PIXELS)))
+                rows.append(self.preprocess.payload(data, MAX_PIXELS))
                 good.append(index)
             except RequestError as exc:
                 answers[index] = {"error": exc.message, "status": exc.status}

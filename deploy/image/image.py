@@ -206,7 +206,6 @@ def source_answer(bento_tag: str, answer: dict, png: bytes) -> list[dict]:
 
     from service.config import ServeConfig
     from service.http import top_k
-    from service.preprocess import open_image
     from service.store import load_variant
 
     stored = [bentoml.models.get(m.tag) for m in bentoml.get(bento_tag).info.all_models]
@@ -216,7 +215,7 @@ def source_answer(bento_tag: str, answer: dict, png: bytes) -> list[dict]:
     ]
     config = ServeConfig(providers="cpu")
     variant = load_variant(answer["variant"], str(model.tag), Path(model.path), config)
-    logits = variant.backend.run(variant.preprocessor.batch([open_image(png, config.max_pixels)]))
+    logits = variant.backend.run(variant.preprocessor.payload(png, config.max_pixels))
     return top_k(logits[0], 10, variant.classes)
 
 
