@@ -52,9 +52,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     _head_timer: asyncio.TimerHandle | None = None
     _head_bytes = 0
+    # uvicorn's set of this worker's open connections (one set per server, shared by its
+    # protocols), kept once the first connection is made: ``open_connections`` reads it.
+    worker_connections: ClassVar[set | None] = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        GuardedHttpProtocol.worker_connections = self.connections
         if len(self.connections) > self.max_connections:
             logger.warning("refused a connection: %d open, the limit is %d", len(self.connections) - 1,
                            self.max_connections)  # fmt: skip
@@ -107,6 +111,16 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._cancel_head_deadline()
         self.transport.write(_raw_response(status, message))
         self.transport.close()
+
+
+def open_connections() -> int:
+    """Connections open on this worker now (0 before the first one).
+
+    With one connection open no other request can be in flight here (uvicorn serves a
+    connection's pipelined requests one after another), which the adaptive route uses
+    to skip its wait for company."""
+    connections = GuardedHttpProtocol.worker_connections
+    return 0 if connections is None else len(connections)
 
 
 def install(header_timeout_s: float, max_header_bytes: int, max_connections: int) -> None:

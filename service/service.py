@@ -98,7 +98,11 @@ class Slimserve:
                 )
                 dispatcher = self.dispatchers[name]
                 self.adaptive[name] = AdaptiveRoute(
-                    decision, dispatcher, dispatcher(self._batch_callback(name)), self._direct_callback(name)
+                    decision,
+                    dispatcher,
+                    dispatcher(self._batch_callback(name)),
+                    self._direct_callback(name),
+                    connections.open_connections,
                 )
                 logger.info(
                     "loaded %s: %s; batching: %s", tag, variants[name].backend.describe(), decision.to_dict()
