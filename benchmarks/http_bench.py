@@ -336,6 +336,9 @@ def bench_http(
             "backend": described.get("backend"),
             "provider": described.get("provider"),
             "adaptive_batching": models.get("adaptive_batching"),
+            # The start-up decision of the worker that answered /models: whether /predict
+            # queues for batches at all on this variant, and the measurement behind it.
+            "batching_decision": described.get("batching"),
         },
         "machine": machine_info(),
         "settings": _settings_doc(settings, len(images)),
