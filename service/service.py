@@ -19,7 +19,7 @@ import anyio
 import bentoml
 import numpy as np
 
-from service import connections
+from service import connections, timeout
 from service.batching import AdaptiveRoute, adaptive_dispatcher, decide
 from service.config import ServeConfig
 from service.errors import RequestError
@@ -42,6 +42,7 @@ KNOWN_PATHS = frozenset(
 bound_http_metric_paths(KNOWN_PATHS)
 use_own_multiprocess_dir()
 connections.install(CONFIG.header_timeout_s, CONFIG.max_header_bytes, CONFIG.max_connections)
+timeout.install()  # BentoML's traffic timeout (504), without a timer left armed per request
 # /docs.json (Swagger UI at /) and /schema.json (BentoML's clients) describe our routes too.
 publish(list(TAGS), CONFIG)
 # Below these costs a thread hop (~50-100 us) costs more than the work it would move off
