@@ -26,7 +26,14 @@ from typing import Any
 
 from rich.console import Console
 
-from benchmarks.http_bench import LOAD_GENERATOR, HttpBenchSettings, free_port, run_locust, write_test_images
+from benchmarks.http_bench import (
+    LOAD_GENERATOR,
+    HttpBenchSettings,
+    free_port,
+    run_locust,
+    served_variant,
+    write_test_images,
+)
 from benchmarks.machine import machine_info
 from benchmarks.peers.model import PeerSettings
 from benchmarks.peers.registry import BODY_NOTES, PEER_NAMES, PEERS, Peer, encode_body, predictions
@@ -267,6 +274,8 @@ def measure(
         answer,
     ):
         facts.update(ready_s=ready_s, first_answer=answer)
+        if peer.distribution == "slimserve":  # whether /predict batches at all, as /models reports it
+            facts["batching_decision"] = served_variant(url, served.variant)[1].get("batching")
         for users in settings.concurrency:
             try:
                 row = run_locust(peer.name, url, peer.path, images_file, users, load, tmp)
