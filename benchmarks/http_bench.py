@@ -35,6 +35,11 @@ from slimserve.local_server import free_port, wait_ready
 from slimserve.samples import write_pngs
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+# What drives every target here and in `bench peers` (benchmarks/locustfile.py says why this client).
+LOAD_GENERATOR = (
+    "locust (a User driving geventhttpclient's HTTPClient, the client under FastHttpUser; headless, one "
+    "process on this machine: it shares the CPU with the server), closed loop without think time"
+)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 READY_TIMEOUT_S = 120.0
 
@@ -336,6 +341,9 @@ def bench_http(
             "backend": described.get("backend"),
             "provider": described.get("provider"),
             "adaptive_batching": models.get("adaptive_batching"),
+            # The start-up decision of the worker that answered /models: whether /predict
+            # queues for batches at all on this variant, and the measurement behind it.
+            "batching_decision": described.get("batching"),
         },
         "machine": machine_info(),
         "settings": _settings_doc(settings, len(images)),
@@ -430,8 +438,7 @@ def _settings_doc(settings: HttpBenchSettings, images: int) -> dict[str, Any]:
         **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()},
         "concurrency": list(settings.concurrency),
         "images": images,
-        "load_generator": "locust (FastHttpUser, headless, one process on this machine: it shares the "
-        "CPU with the server), closed loop without think time; raw image bodies with their content type; "
+        "load_generator": f"{LOAD_GENERATOR}; raw image bodies with their content type; "
         "each user's first (connection-opening) request is not counted",
         "requests_per_s": "ok_per_s = successful responses / (last response - first request start)",
     }

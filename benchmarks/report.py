@@ -251,6 +251,12 @@ def _comparison_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _decision_words(decision: dict[str, Any] | None) -> str:
+    if not decision:
+        return "not reported"
+    return f"{'yes' if decision['enabled'] else 'no'} ({decision['reason']})"
+
+
 def http_markdown(report: dict[str, Any]) -> str:
     machine, settings, service = report["machine"], report["settings"], report["service"]
     lines = [
@@ -260,7 +266,8 @@ def http_markdown(report: dict[str, Any]) -> str:
         f"{', '.join(machine['gpus']) or 'no GPU present'}",
         f"- Versions: {', '.join(f'{k} {v}' for k, v in machine['versions'].items())}",
         f"- Service: {service['workers']} worker(s) x {service['threads_per_worker']} thread(s), backend "
-        f"{service['backend']} on {service['provider']}, adaptive batching {service['adaptive_batching']}",
+        f"{service['backend']} on {service['provider']}, adaptive batching {service['adaptive_batching']}; "
+        f"/predict batches this variant: {_decision_words(service.get('batching_decision'))}",
         f"- Load: {settings['load_generator']}",
         f"- Bounds per target and concurrency: {settings['duration_s']:g} s or {settings['requests']} requests; "
         f"{settings['images']} image files",

@@ -10,7 +10,9 @@ which cannot take raw or base64 images with JSON errors. Two decisions sit in fr
   the split of the answers then cost CPU and latency for nothing;
 * per request: where batching is on, a request that finds no other request on the route
   (none queued, none in a running batch or a direct call) goes straight to the model,
-  since there is no company to wait for.
+  since there is no company to wait for; a request on a worker with a single open
+  connection does so without even the one event-loop turn that lets company arrive, so
+  a lone client's request does exactly the unbatched route's work.
 """
 
 import asyncio
@@ -90,6 +92,8 @@ class AdaptiveRoute(Generic[T, R]):
     dispatcher-wrapped callback. A request is queued only when batching pays for this
     model and another request is on the route (queued, in a running batch or in a direct
     call); a request alone on it goes straight to the model, as on the unbatched route.
+    ``connections`` counts the worker's open connections: with at most one, nothing can
+    join, and the request skips even the loop turn it would otherwise give company.
     """
 
     def __init__(
@@ -98,11 +102,13 @@ class AdaptiveRoute(Generic[T, R]):
         dispatcher: CorkDispatcher,
         batched: Callable[[T], Awaitable[R]],
         direct: Callable[[T], Awaitable[R]],
+        connections: Callable[[], int],
     ) -> None:
         self.decision = decision
         self.dispatcher = dispatcher
         self.batched = batched
         self.direct = direct
+        self.connections = connections  # open connections on this worker (service.connections)
         self.inside = 0  # requests on this route now
 
     async def __call__(self, item: T) -> tuple[R, bool]:
@@ -111,6 +117,10 @@ class AdaptiveRoute(Generic[T, R]):
             return await self.direct(item), False
         self.inside += 1
         try:
+            if self.inside == 1 and self.connections() <= 1:
+                # No other request can be on this worker: uvicorn serves one connection's
+                # requests one after another. Straight to the model, without a loop turn.
+                return await self.direct(item), False
             # One turn of the event loop first: a model that runs in place on the loop never
             # yields, so requests that arrived together would otherwise each find the route
             # empty and none would ever be batched. After it, they are all counted here.

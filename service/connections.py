@@ -14,7 +14,8 @@ The least invasive seam: the worker imports this service (and so this module) be
 builds ``uvicorn.Config``, and ``Config.load`` resolves the protocol class by name from
 ``uvicorn.config.HTTP_PROTOCOLS`` only then. ``install`` points the ``auto`` and
 ``httptools`` names at ``GuardedHttpProtocol``, uvicorn's own httptools protocol (the one
-``auto`` picks, httptools being a dependency) with three additions; everything else,
+``auto`` picks, httptools being a dependency) with three additions, and a response head
+written together with its body (``HeadWithBody``); everything else,
 keep-alive, pipelining, graceful shutdown, is uvicorn's code unchanged.
 """
 
@@ -42,6 +43,48 @@ def _raw_response(status: int, message: str) -> bytes:
     return head.encode() + body
 
 
+class HeadWithBody:
+    """The transport as one response's cycle sees it: the response head is held back and
+    written together with the body that follows it in the same step, one write instead of two.
+
+    uvicorn writes a response's head the moment ``http.response.start`` arrives and its body
+    on the next message: two ``send`` calls, two TCP segments, two wake-ups of the client.
+    py-spy on a worker at c=1 (Fashion-MNIST CNN, busy 2-core host) put 21% of its samples in
+    the head's write and 7% in the body's. A head with no body in the same step (HEAD, a
+    stream that waits) goes out on the next loop turn; an informational head (``100
+    Continue``) at once, since the client waits for it before it sends the body.
+    """
+
+    __slots__ = ("_first", "_head", "_transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._head = b""
+        self._first = True
+
+    def write(self, data: bytes) -> None:
+        if self._first and not data.startswith(b"HTTP/1.1 1"):
+            self._first = False
+            self._head = data
+            asyncio.get_running_loop().call_soon(self._flush)
+            return
+        if self._head:
+            data, self._head = self._head + data, b""
+        self._transport.write(data)
+
+    def _flush(self) -> None:
+        head, self._head = self._head, b""
+        if head and not self._transport.is_closing():
+            self._transport.write(head)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str):  # is_closing, get_extra_info, ...: the transport's own
+        return getattr(self._transport, name)
+
+
 class GuardedHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with a request-head deadline, a head size limit and a
     connection cap. Settings are class attributes, set once per worker by ``install``."""
@@ -52,9 +95,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     _head_timer: asyncio.TimerHandle | None = None
     _head_bytes = 0
+    # uvicorn's set of this worker's open connections (one set per server, shared by its
+    # protocols), kept once the first connection is made: ``open_connections`` reads it.
+    worker_connections: ClassVar[set | None] = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        GuardedHttpProtocol.worker_connections = self.connections
         if len(self.connections) > self.max_connections:
             logger.warning("refused a connection: %d open, the limit is %d", len(self.connections) - 1,
                            self.max_connections)  # fmt: skip
@@ -81,7 +128,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._cancel_head_deadline()
+        before = self.cycle
         super().on_headers_complete()
+        if self.cycle is not before:  # a new request's cycle (its ASGI task has not run yet)
+            self.cycle.transport = HeadWithBody(self.transport)  # type: ignore[assignment]
 
     def _arm_head_deadline(self) -> None:
         self._head_bytes = 0
@@ -107,6 +157,16 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._cancel_head_deadline()
         self.transport.write(_raw_response(status, message))
         self.transport.close()
+
+
+def open_connections() -> int:
+    """Connections open on this worker now (0 before the first one).
+
+    With one connection open no other request can be in flight here (uvicorn serves a
+    connection's pipelined requests one after another), which the adaptive route uses
+    to skip its wait for company."""
+    connections = GuardedHttpProtocol.worker_connections
+    return 0 if connections is None else len(connections)
 
 
 def install(header_timeout_s: float, max_header_bytes: int, max_connections: int) -> None:

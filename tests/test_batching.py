@@ -134,7 +134,7 @@ def _route(enabled: bool, seconds: float, calls: list[tuple[str, int]]) -> Adapt
 
     dispatcher = adaptive_dispatcher(2000, 8, fallback=lambda: None)
     decision = BatchDecision(enabled, "test")
-    return AdaptiveRoute(decision, dispatcher, dispatcher(batched), direct)
+    return AdaptiveRoute(decision, dispatcher, dispatcher(batched), direct, connections=lambda: 8)
 
 
 def test_batching_off_sends_every_concurrent_request_straight_to_the_model():
@@ -204,7 +204,9 @@ def test_batching_on_forms_batches_for_a_model_that_runs_in_place():
 
     async def main() -> list[tuple[list[int], bool]]:
         dispatcher = adaptive_dispatcher(2000, 8, fallback=lambda: None)
-        route = AdaptiveRoute(BatchDecision(True, "test"), dispatcher, dispatcher(batched), direct)
+        route = AdaptiveRoute(
+            BatchDecision(True, "test"), dispatcher, dispatcher(batched), direct, connections=lambda: 8
+        )
         results = []
         for round_ in range(6):
             results += await asyncio.gather(*(route([round_ * 100 + i]) for i in range(8)))
@@ -217,3 +219,33 @@ def test_batching_on_forms_batches_for_a_model_that_runs_in_place():
     assert results[-1] == ([8], False)
     assert max(n for path, n in calls if path == "batched") > 1
     assert calls[-1] == ("direct", 1)
+
+
+@pytest.mark.parametrize("open_connections", [0, 1, 2])
+def test_on_a_worker_with_one_connection_a_request_goes_straight_without_a_loop_turn(open_connections):
+    """With batching on, a request on a worker that has one connection open cannot have company
+    (uvicorn serves a connection's requests in turn): it calls the model before anything else
+    the loop has scheduled runs, as on the unbatched route. With two connections it gives the
+    loop one turn first, so requests that arrived together can meet in the batcher."""
+    order: list[str] = []
+
+    async def direct(item: list[int]) -> list[int]:
+        order.append("direct")
+        return item
+
+    async def batched(items: tuple[list[int], ...]) -> list[list[int]]:
+        order.append("batched")
+        return list(items)
+
+    async def main() -> tuple[list[int], bool]:
+        dispatcher = adaptive_dispatcher(2000, 8, fallback=lambda: None)
+        route = AdaptiveRoute(
+            BatchDecision(True, "test"), dispatcher, dispatcher(batched), direct, lambda: open_connections
+        )
+        asyncio.get_running_loop().call_soon(order.append, "other")
+        result = await route([3])
+        dispatcher.shutdown()
+        return result
+
+    assert asyncio.run(main()) == ([3], False)
+    assert order == (["direct", "other"] if open_connections <= 1 else ["other", "direct"])

@@ -54,6 +54,9 @@ def test_bench_http_against_the_service_and_the_reference_reports_zero_errors(se
             # The machine's CPU readings include the load generator's own.
             assert 0 < row["cpu_ms_load_generator"] < row["cpu_ms_machine"]
     assert report["service"]["workers"] == 1 and report["reference"]["workers"] == 1
+    # /predict's start-up batching decision is recorded with the figures it explains
+    decision = report["service"]["batching_decision"]
+    assert set(decision) == {"enabled", "reason"} and "single calls" in decision["reason"]
     # the reference and the in-process figure run the service's own backend
     assert report["service"]["backend"] == report["reference"]["backend"] == backend
     assert report["in_process"]["backend"] == backend and report["in_process"]["model_only"]["p50_ms"] > 0
@@ -65,7 +68,12 @@ def test_bench_http_against_the_service_and_the_reference_reports_zero_errors(se
     assert set(comparisons["added_p50_ms_at_concurrency_1"]) == {"adaptive", "unbatched", "reference"}
     sent = sorted((tmp_path / "images").glob("*.png"))
     assert len(sent) == 8 and Image.open(sent[0]).size == (28, 28)  # real Fashion-MNIST test images
-    assert "bare reference" in (tmp_path / "bench-http.md").read_text()
+    markdown = (tmp_path / "bench-http.md").read_text()
+    assert "bare reference" in markdown
+    assert (
+        f"/predict batches this variant: {'yes' if decision['enabled'] else 'no'} ({decision['reason']})"
+        in markdown
+    )
     assert Path(report["plots"][0]).read_bytes().startswith(b"\x89PNG")
 
 

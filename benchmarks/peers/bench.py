@@ -26,7 +26,14 @@ from typing import Any
 
 from rich.console import Console
 
-from benchmarks.http_bench import HttpBenchSettings, free_port, run_locust, write_test_images
+from benchmarks.http_bench import (
+    LOAD_GENERATOR,
+    HttpBenchSettings,
+    free_port,
+    run_locust,
+    served_variant,
+    write_test_images,
+)
 from benchmarks.machine import machine_info
 from benchmarks.peers.model import PeerSettings
 from benchmarks.peers.registry import BODY_NOTES, PEER_NAMES, PEERS, Peer, encode_body, predictions
@@ -267,6 +274,8 @@ def measure(
         answer,
     ):
         facts.update(ready_s=ready_s, first_answer=answer)
+        if peer.distribution == "slimserve":  # whether /predict batches at all, as /models reports it
+            facts["batching_decision"] = served_variant(url, served.variant)[1].get("batching")
         for users in settings.concurrency:
             try:
                 row = run_locust(peer.name, url, peer.path, images_file, users, load, tmp)
@@ -363,8 +372,7 @@ def bench_peers(
             "images": len(images),
             "model": "the variant's ONNX file on ONNX Runtime CPU with slimserve's session options "
             "(benchmarks.reference_server.cpu_backend), service.preprocess decode + preprocess, top-5 JSON",
-            "load_generator": "locust (FastHttpUser, headless, one process on this machine: it shares the CPU "
-            "with the server), closed loop without think time, one server at a time; each user's first "
+            "load_generator": f"{LOAD_GENERATOR}, one server at a time; each user's first "
             "(connection-opening) request is not counted",
             "requests_per_s": "ok_per_s = successful responses / (last response - first request start)",
         },
