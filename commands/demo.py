@@ -25,6 +25,7 @@ from rich.rule import Rule
 from commands.demo_budget import (
     BENCH_BATCH_SIZES,
     BENCH_WARMUP,
+    MIN_EPOCH_IMAGES,
     DemoPlan,
     Later,
     PhaseClock,
@@ -114,6 +115,15 @@ def _print_plan(console: Console, plan: DemoPlan, speeds: Speeds, sizes: tuple[i
         console.print(f"Cut to fit the budget: {'; '.join(cut)}.", soft_wrap=True)
     else:
         console.print("Nothing cut: every phase's defaults fit the budget.")
+    total = sum(plan.estimates.values())
+    if total > plan.left_s:
+        console.print(
+            f"[bold]Over budget even so[/]: ~{total:.0f} s estimated for the {plan.left_s:.0f} s left, with every "
+            f"phase at its floor (the gates' images, one training epoch of {MIN_EPOCH_IMAGES:,}, 3 benchmark "
+            f"rounds); this machine runs inference {speeds.slowness:.1f}x slower than the reference VM. "
+            "The demo runs to the end; a larger --budget-s states the time it needs.",
+            soft_wrap=True,
+        )
 
 
 def _replan(

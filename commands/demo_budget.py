@@ -191,11 +191,15 @@ def plan_demo(
     """Training and the later phases within what is left of ``budget_s`` after ``elapsed_s``.
 
     The later phases keep their defaults when training still gets TRAIN_SHARE of the time
-    left; otherwise they shrink to fit the rest, and training gets what they leave."""
+    left (and at least its floor, one epoch of MIN_EPOCH_IMAGES); otherwise they shrink to
+    fit the rest, and training gets what they leave."""
     left = budget_s - elapsed_s
-    later = fit_later(left * (1 - TRAIN_SHARE), speeds, train_images, test_images)
-    costs = later_costs(later, speeds)
     epoch_eval_s = min(test_images, MIN_EPOCH_IMAGES) / speeds.eval_images_per_s
+    floor_s = fit_budget(speeds.train_images_per_s, 0.0, 1, train_images, epoch_eval_s).seconds
+    train_floor_s = floor_s + speeds.fixed("train")
+    later_s = min(left * (1 - TRAIN_SHARE), left - train_floor_s)
+    later = fit_later(later_s, speeds, train_images, test_images)
+    costs = later_costs(later, speeds)
     train_s = max(0.0, left - sum(costs.values()) - speeds.fixed("train"))
     training = fit_budget(speeds.train_images_per_s, train_s, recipe_epochs, train_images, epoch_eval_s)
     estimates = {"train": training.seconds + speeds.fixed("train"), **costs}
@@ -213,7 +217,8 @@ def cuts(plan: DemoPlan, recipe_epochs: int, train_images: int, test_images: int
             f"accuracy gates on {later.eval_images:,} of {test_images:,} test images",
             f"INT8 calibration on {later.calibration_images} of {FULL['calibration']} images, "
             f"{later.fallback_attempts} of {FULL['fallback_attempts']} fp32-fallback attempts",
-            f"pruned fine-tuning {later.finetune.describe(train_images)} of the demo's {FULL['finetune_s']:g} s",
+            f"pruned fine-tuning {later.finetune.describe(train_images)} (the demo's default: up to "
+            f"{FULL['finetune_s']:g} s)",
             f"benchmark {later.bench_max_seconds:g} of {FULL['bench_s']:g} s and {later.bench_repeats} of "
             f"{FULL['repeats']} calls per batch size ({BENCH_ROUNDS} rounds kept)",
         ]

@@ -67,6 +67,7 @@ def test_the_plan_fits_the_budget_or_sits_at_its_floors(train_rate, eval_rate):
         and later.bench_max_seconds == FLOOR["bench_s"]
     )
     assert sum(plan.estimates.values()) <= 210.0 + 1e-6 or at_floors
+    assert plan.later.scale == MIN_SCALE or sum(plan.estimates.values()) <= 210.0 + 1e-6
     # Floors hold however slow the machine: gates on enough images, every round benchmarked.
     assert later.eval_images >= FLOOR["eval_images"] and later.fallback_attempts >= 1
     assert later.bench_repeats >= FLOOR["repeats"] and later.finetune.epochs >= 1
