@@ -24,6 +24,7 @@ from rich.rule import Rule
 
 from commands.demo_budget import (
     BENCH_BATCH_SIZES,
+    BENCH_ROUNDS,
     BENCH_WARMUP,
     MIN_EPOCH_IMAGES,
     DemoPlan,
@@ -121,7 +122,7 @@ def _print_plan(
     if total > plan.left_s:
         console.print(
             f"[bold]Over budget even so[/]: ~{total:.0f} s estimated for the {plan.left_s:.0f} s left, with every "
-            f"phase at its floor (the gates' images, one training epoch of {MIN_EPOCH_IMAGES:,}, 3 benchmark "
+            f"phase at its floor (the gates' images, one training epoch of {MIN_EPOCH_IMAGES:,}, {BENCH_ROUNDS} benchmark "
             f"rounds); this machine runs inference {speeds.slowness:.1f}x slower than the reference VM. "
             f"The demo runs to the end, in about {clock.total() + total:.0f} s.",
             soft_wrap=True,
