@@ -21,7 +21,7 @@ from benchmarks.settings import ModelBenchSettings
 
 # An epoch never shrinks below Fashion-MNIST's test split, so every evaluation keeps it whole.
 MIN_EPOCH_IMAGES = 10_000
-PHASES = ("probe", "train", "evaluate", "export", "benchmark", "serve")
+PHASES = ("start", "probe", "train", "evaluate", "export", "benchmark", "serve")  # start: the CLI's imports
 
 # The probe's fp32 inference rate (batch 512, channels-last, 2 threads) on the quiet
 # reference VM: the unit of ``Speeds.slowness``.
