@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from benchmarks.settings import ModelBenchSettings
 
-# An epoch never shrinks below Fashion-MNIST's test split, so every evaluation keeps it whole.
+# An epoch never shrinks below Fashion-MNIST's test split, so training's per-epoch evaluation keeps it whole.
 MIN_EPOCH_IMAGES = 10_000
 PHASES = ("start", "probe", "train", "evaluate", "export", "benchmark", "serve")  # start: the CLI's imports
 
@@ -41,7 +41,7 @@ EXPORT_EVAL_PASSES = 9.0
 PRUNED_TRAIN_SPEEDUP = 2.0
 # INT8 builds that calibrate (int8 and pruned-int8, ONNX and TorchScript each), first try.
 INT8_BUILDS = 4
-BENCH_BLOCKS = 11  # eager fp32, then TorchScript and ONNX Runtime for each of the 5 variants
+BENCH_BLOCKS = 11  # CPU only: eager fp32, then TorchScript and ONNX Runtime for each of the 5 variants
 BENCH_BATCH_SIZES = (1, 64)
 BENCH_WARMUP = 5
 BENCH_ROUNDS = ModelBenchSettings().rounds  # what the demo runs, as `bench models`: never cut
