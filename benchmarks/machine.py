@@ -15,6 +15,7 @@ import os
 import platform
 import shutil
 import subprocess
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,16 @@ def vector_isa(flags: set[str]) -> str:
     return " + ".join(parts)
 
 
+# Environment variables that hold PyTorch's (ATen) and oneDNN's kernels below the CPU's own
+# ISA: with them the flags above overstate what ran, so a figure names them.
+ISA_LIMIT_VARS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+
+
+def isa_limits(environ: Mapping[str, str]) -> dict[str, str]:
+    """The ISA limits set in ``environ`` (a benchmark's workers inherit the parent's)."""
+    return {name: environ[name] for name in ISA_LIMIT_VARS if environ.get(name)}
+
+
 def physical_cores(blocks: list[dict[str, str]], allowed: set[int]) -> int:
     """Cores this process may run on, counting SMT siblings once (SMT shares the FMA units)."""
     cores = {
@@ -225,6 +236,7 @@ def machine_info(clock_ghz: float | None = None) -> dict[str, Any]:
         "usable_cpus": len(allowed),
         "physical_cores": cores,
         "vector_isa": vector_isa(flags),
+        "isa_limits": isa_limits(os.environ),
         "flags": sorted(flags & set(FLAGS_OF_INTEREST)),
         "memory_gib": _mem_total_gib(),
         "os": platform.platform(),

@@ -79,8 +79,10 @@ def models_table(report: dict[str, Any]) -> Table:
 
 def cpu_words(machine: dict[str, Any]) -> str:
     """The CPU and its vector ISA, e.g. ``AMD EPYC 9B14 (AVX-512 + VNNI + BF16)``: the ISA
-    decides which kernels ran, so every report header and table title names it."""
-    return f"{machine['cpu_model']} ({machine.get('vector_isa', 'vector ISA not recorded')})"
+    decides which kernels ran, so every report header and table title names it, and any
+    environment variable that held the kernels below it."""
+    limits = "".join(f"; {name}={value}" for name, value in machine.get("isa_limits", {}).items())
+    return f"{machine['cpu_model']} ({machine.get('vector_isa', 'vector ISA not recorded')}{limits})"
 
 
 def _peak_lines(machine: dict[str, Any]) -> list[str]:

@@ -205,8 +205,11 @@ def _measure_parent(
     )
 
     bundle_dir.mkdir(parents=True)
+    finetune_limit = min((n for n in (limit, settings.finetune_images) if n is not None), default=None)
     train_set = functools.cache(
-        lambda: materialize(limit_dataset(data.train, limit, settings.seed), checkpoint.spec, "train images")
+        lambda: materialize(
+            limit_dataset(data.train, finetune_limit, settings.seed), checkpoint.spec, "train images"
+        )
     )
     return ExportContext(
         parent=checkpoint.model,

@@ -58,6 +58,12 @@ class ExportSettings:
         parse=share,
     )
     finetune_epochs: int = option(3, help="pruned: fine-tuning epochs after pruning", parse=int)
+    finetune_images: int | None = option(
+        None,
+        help="pruned: fine-tune on a seeded subset of N train images (the demo sizes it to its budget)",
+        parse=positive_int,
+        unset="--limit's count, else all",
+    )
     finetune_lr: float = option(0.01, help="pruned: fine-tuning peak LR", parse=positive_float)
     sparsity: float = option(0.5, help="sparse: share of Conv/Linear weights set to zero", parse=share)
     seed: int = option(0, help="seed for subsets and fine-tuning")

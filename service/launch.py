@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -108,7 +109,14 @@ def _stop_on_sigterm(signum: int, frame: object) -> None:
     raise Terminated
 
 
-def serve(config: ServeConfig, host: str = "0.0.0.0", ready_timeout: float = 120) -> None:
+def serve(
+    config: ServeConfig,
+    host: str = "0.0.0.0",
+    ready_timeout: float = 120,
+    on_ready: Callable[[], None] | None = None,
+) -> None:
+    """Serve until stopped; ``on_ready`` runs once the banner is out (the demo prints its
+    phase times there, the server's start included)."""
     console = cli_console()
     # A supervisor (systemd, a container runtime, a script) stops us with SIGTERM, whose
     # default action would kill this process alone and orphan the BentoML server: take the
@@ -125,6 +133,8 @@ def serve(config: ServeConfig, host: str = "0.0.0.0", ready_timeout: float = 120
             raise SlimserveError(f"{exc}; see its log above") from None
         models = model_list(url, ready_timeout)
         print_banner(console, url, models, cold_start)
+        if on_ready is not None:
+            on_ready()
         process.wait()
     except KeyboardInterrupt as stop:
         process.send_signal(signal.SIGINT)

@@ -4,6 +4,7 @@ import pytest
 
 from benchmarks.machine import (
     ZEN4,
+    isa_limits,
     machine_info,
     peak_ops_per_s,
     physical_cores,
@@ -85,10 +86,23 @@ def test_vector_isa_names_what_decides_the_kernels(flags, isa):
     assert vector_isa(flags) == isa
 
 
-def test_report_headers_name_this_machine_s_vector_isa():
+def test_report_headers_name_this_machine_s_vector_isa(monkeypatch):
+    for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        monkeypatch.delenv(name, raising=False)
     info = machine_info()
     assert info["vector_isa"] == vector_isa(set(info["flags"]))  # the flags it reads are all recorded
     assert cpu_words(info) == f"{info['cpu_model']} ({info['vector_isa']})"
+
+
+def test_report_headers_name_what_held_the_kernels_below_the_cpu(monkeypatch):
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    info = machine_info()
+    assert info["isa_limits"] == {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    assert cpu_words(info).endswith(
+        f"({info['vector_isa']}; ATEN_CPU_CAPABILITY=avx2; ONEDNN_MAX_CPU_ISA=AVX2)"
+    )
+    assert isa_limits({"DNNL_MAX_CPU_ISA": "", "PATH": "/bin"}) == {}
 
 
 def test_pareto_front_and_recommendation():

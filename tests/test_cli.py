@@ -9,7 +9,8 @@ import pytest
 
 from benchmarks.cli import BenchHttpArgs, BenchModelsArgs
 from benchmarks.settings import HttpBenchSettings, ModelBenchSettings
-from commands.demo import MIN_EPOCH_IMAGES, DemoSettings, Plan, fit_budget
+from commands.demo import DemoSettings
+from commands.demo_budget import MIN_EPOCH_IMAGES, Plan, fit_budget
 from commands.main import build_parser
 from export.cli import DistillArgs, ExportArgs
 from export.settings import ExportSettings

@@ -187,3 +187,13 @@ def test_cli_names_the_droppable_blocks_in_one_line(tiny_resnet_run, tmp_path, c
 def test_contradictory_pruning_settings_are_refused(kwargs, message):
     with pytest.raises(SlimserveError, match=message):
         ExportSettings(**kwargs)
+
+
+def test_fine_tuning_images_are_bounded_apart_from_the_evaluation_images(tiny_cnn_run, tmp_path):
+    # The demo sizes the fine-tuning to its budget without shrinking the accuracy gates' images.
+    manifest = _export_pruned(
+        tiny_cnn_run, tmp_path, ExportSettings(finetune_epochs=1, finetune_images=120), 300
+    )
+    assert manifest.variant("pruned").entry["export_settings"]["finetune"]["images"] == 120
+    assert manifest.data["evaluation"]["images"] == manifest.variant("pruned").entry["test_images"] == 300
+    assert manifest.data["settings"]["finetune_images"] == 120
