@@ -46,6 +46,12 @@ class ExportSettings:
     max_accuracy_drop: float = option(
         0.5, help="largest accepted accuracy drop vs fp32, in points", parse=positive_float
     )
+    max_pruning_drop: float = option(
+        1.0,
+        help="pruned and sparse: largest accepted accuracy drop vs fp32, in points; a variant over it is "
+        "not written and is listed under the manifest's failed variants with its numbers",
+        parse=positive_float,
+    )
     int8_fallback_attempts: int = option(
         4,
         help="INT8: builds after the calibration methods that keep the most sensitive layers in fp32 "
@@ -101,6 +107,7 @@ class ExportSettings:
             ),
             (len(set(self.drop_blocks)) == len(self.drop_blocks), "--drop-blocks names a block twice"),
             (self.max_accuracy_drop >= 0, "--max-accuracy-drop must not be negative"),
+            (self.max_pruning_drop >= 0, "--max-pruning-drop must not be negative"),
             (self.int8_fallback_attempts >= 0, "--int8-fallback-attempts must not be negative"),
         ]
         for ok, message in checks:

@@ -11,16 +11,47 @@ from typing import Any
 
 from torch import nn
 
-from export.building import ExportContext, export_float, finish_variant, macs_and_params
+from export.building import ExportContext, VariantFailed, export_float, finish_variant, macs_and_params
+from export.checks import accuracy, predict
 from export.formats import ONNX_OPSET, PT2_SETTINGS, example_batch
 from export.int8 import quantized_variant
 from export.prune import drop_blocks, fine_tune, structured_prune, unstructured_prune, weight_sparsity
+from slimserve.runtime import eager_runner
 from training.distillation import distill_from
 
 # Soft targets for fine-tuning pruned models: the temperature and weight `slimserve distill`
 # defaults to, with which distillation brought depth-pruned ResNet-20 to 0.86 points of fp32.
 FINETUNE_TEMPERATURE = 4.0
 FINETUNE_ALPHA = 0.9
+
+
+# What to change when a pruned or sparse variant loses more than --max-pruning-drop.
+PRUNED_FIX = (
+    "fine-tune longer (--finetune-epochs), remove fewer MACs (--prune-macs), fine-tune from a teacher "
+    "(--finetune-teacher RUN_DIR, e.g. this checkpoint), or raise --max-pruning-drop"
+)
+SPARSE_FIX = "lower --sparsity (sparse is not fine-tuned) or raise --max-pruning-drop"
+
+
+def check_pruning_budget(ctx: ExportContext, name: str, variant_accuracy: float, fix: str) -> None:
+    """Gate a pruned or sparse variant on accuracy, as INT8 is gated: more than
+    ``--max-pruning-drop`` points below fp32 fails the variant with its numbers (the pipeline
+    lists it under ``failed`` and writes none of its files), never a silent ship."""
+    drop = (ctx.fp32_accuracy - variant_accuracy) * 100
+    budget = ctx.settings.max_pruning_drop
+    if drop > budget + 1e-9:
+        raise VariantFailed(
+            f"accuracy {variant_accuracy:.2%} on {len(ctx.eval_set)} test images is {drop:.2f} points "
+            f"below fp32's {ctx.fp32_accuracy:.2%}, over the {budget:g}-point budget "
+            f"(--max-pruning-drop); {fix}"
+        )
+
+
+def _check_eager(ctx: ExportContext, name: str, model: nn.Module, fix: str) -> None:
+    """The budget on the eager model, before any file is written: a Lite0 export spends
+    minutes writing and checking three formats of a variant that would then be refused."""
+    logits = predict(eager_runner(model), ctx.eval_set.images)
+    check_pruning_budget(ctx, name, accuracy(logits, ctx.eval_set), fix)
 
 
 def _float_variant(
@@ -31,15 +62,19 @@ def _float_variant(
     description: str,
     macs: int,
     params: int,
+    budget_fix: str | None = None,
     **details: Any,
 ) -> dict[str, Any]:
     """Export a float model in every format, check and measure it (``finish_variant``), and
-    keep the model and its accuracy for the INT8 variant quantized from it."""
+    keep the model and its accuracy for the INT8 variant quantized from it. With
+    ``budget_fix`` the variant must stay within ``--max-pruning-drop`` of fp32."""
     artifacts, skipped = export_float(ctx, name, model)
     entry = finish_variant(
         ctx, name, artifacts, skipped_formats=skipped, description=description, precision="fp32", sparsity=0.0,
         params=params, macs=macs, **details,
     )  # fmt: skip
+    if budget_fix is not None:  # the headline (ONNX) accuracy, which the service will serve
+        check_pruning_budget(ctx, name, entry["test_accuracy"], budget_fix)
     ctx.float_models[name] = model
     ctx.float_accuracies[name] = entry["test_accuracy"]
     return entry
@@ -108,6 +143,7 @@ def build_pruned(ctx: ExportContext) -> dict[str, Any]:
             if teacher is None
             else distill_from(teacher, temperature=FINETUNE_TEMPERATURE, alpha=FINETUNE_ALPHA),
         )
+    _check_eager(ctx, "pruned", model, PRUNED_FIX)
     macs, params = macs_and_params(model, ctx.spec)
     parent_macs, parent_params = macs_and_params(ctx.parent, ctx.spec)
     mac_reduction, param_reduction = 1 - macs / parent_macs, 1 - params / parent_params
@@ -120,6 +156,7 @@ def build_pruned(ctx: ExportContext) -> dict[str, Any]:
         model,
         macs=macs,
         params=params,
+        budget_fix=PRUNED_FIX,
         description=f"structured pruning: {_pruning_summary(depth_info, channel_info)} "
         f"({mac_reduction:.0%} of MACs removed), {tuned}",
         export_settings={
@@ -179,6 +216,7 @@ def build_distilled_int8(ctx: ExportContext) -> dict[str, Any]:
 
 def build_sparse(ctx: ExportContext) -> dict[str, Any]:
     model = unstructured_prune(ctx.parent, ctx.settings.sparsity)
+    _check_eager(ctx, "sparse", model, SPARSE_FIX)
     sparsity = weight_sparsity(model)
     macs, params = macs_and_params(model, ctx.spec)
     nonzero = sum(int((p != 0).sum()) for p in model.parameters())
@@ -203,6 +241,7 @@ def build_sparse(ctx: ExportContext) -> dict[str, Any]:
         notes="unstructured sparsity brings no dense speed-up: ONNX Runtime and PyTorch run the same "
         "dense kernels over the zeros; only the compressed (gzip) file is smaller; not fine-tuned",
     )
+    check_pruning_budget(ctx, "sparse", entry["test_accuracy"], SPARSE_FIX)
     ctx.float_sparsity["sparse"] = sparsity
     return entry
 

@@ -154,8 +154,8 @@ def flexnet_bundle(tmp_path_factory: pytest.TempPathFactory):
             optimizer.step()
         run_dir = _save_run(tmp_path_factory.mktemp("runs") / ARCH, ARCH, model, data)
         console = Console(record=True, width=240)
-        # The INT8 budget is out of the way so that the failure under test is the layer.
-        settings = ExportSettings(max_accuracy_drop=100.0, calibration_images=64)
+        # The INT8 and sparse budgets are out of the way so that the failure under test is the layer.
+        settings = ExportSettings(max_accuracy_drop=100.0, max_pruning_drop=100.0, calibration_images=64)
         manifest = export_bundle(
             run_dir,
             out=tmp_path_factory.mktemp("bundles"),

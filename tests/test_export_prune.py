@@ -8,6 +8,7 @@ import onnx
 import onnx.numpy_helper
 import pytest
 import torch
+from rich.console import Console
 
 from commands.main import main
 from export.building import ExportSettings
@@ -17,10 +18,16 @@ from export.prune import structured_prune
 from slimserve.errors import SlimserveError
 from training.checkpoint import load_checkpoint
 
+# These tests are about what pruning builds; the accuracy gate has its own test below, so a
+# two-epoch CNN fine-tuned for one epoch on 600 images is not held to the 1-point budget.
+NO_BUDGET = 100.0
+
 
 @pytest.fixture(scope="module")
 def pruned_bundle(tiny_cnn_run: Path, tmp_path_factory: pytest.TempPathFactory):
-    settings = ExportSettings(prune_macs=0.5, finetune_epochs=1, sparsity=0.6, calibration_images=256)
+    settings = ExportSettings(
+        prune_macs=0.5, finetune_epochs=1, sparsity=0.6, calibration_images=256, max_pruning_drop=NO_BUDGET
+    )
     return export_bundle(
         tiny_cnn_run,
         out=tmp_path_factory.mktemp("pruned-bundles"),
@@ -111,7 +118,10 @@ def test_structured_pruning_keeps_resnet_residuals_consistent(tiny_resnet_run, t
     with torch.no_grad():
         assert pruned(torch.randn(4, 1, 28, 28)).shape == (4, 10)
     manifest = _export_pruned(
-        tiny_resnet_run, tmp_path, ExportSettings(prune_macs=0.5, finetune_epochs=0), 300
+        tiny_resnet_run,
+        tmp_path,
+        ExportSettings(prune_macs=0.5, finetune_epochs=0, max_pruning_drop=NO_BUDGET),
+        300,
     )
     assert manifest.variant("pruned").entry["macs"] <= 0.5 * manifest.variant("fp32").entry["macs"]
     assert manifest.variant("pruned").entry["notes"].endswith("; not fine-tuned")
@@ -120,7 +130,11 @@ def test_structured_pruning_keeps_resnet_residuals_consistent(tiny_resnet_run, t
 
 def test_depth_pruning_drops_blocks_and_fine_tunes_from_a_teacher(tiny_resnet_run, tiny_cnn_run, tmp_path):
     settings = ExportSettings(
-        prune_macs=0.6, drop_blocks=("stages.0",), finetune_teacher=str(tiny_cnn_run), finetune_epochs=1
+        prune_macs=0.6,
+        drop_blocks=("stages.0",),
+        finetune_teacher=str(tiny_cnn_run),
+        finetune_epochs=1,
+        max_pruning_drop=NO_BUDGET,
     )
     manifest = _export_pruned(tiny_resnet_run, tmp_path, settings, 400)
     fp32, pruned = manifest.variant("fp32").entry, manifest.variant("pruned").entry
@@ -141,6 +155,35 @@ def test_depth_pruning_drops_blocks_and_fine_tunes_from_a_teacher(tiny_resnet_ru
     assert teacher["teacher_arch"] == "cnn"
     assert teacher["teacher_sha256"] == load_checkpoint(tiny_cnn_run).metadata["weights_sha256"]
     assert "by distillation" in pruned["notes"]
+
+
+def test_pruned_and_sparse_variants_over_the_accuracy_budget_are_refused_and_named(tiny_cnn_run, tmp_path):
+    """Pruning 90% of the MACs without fine-tuning, and zeroing 95% of the weights, cost the
+    tiny CNN far more than a point: neither ships, each is named with its numbers in the
+    manifest and the export's output, and fp32 is still built."""
+    console = Console(record=True, width=400)
+    settings = ExportSettings(prune_macs=0.9, finetune_epochs=0, sparsity=0.95, max_pruning_drop=1.0)
+    manifest = export_bundle(
+        tiny_cnn_run,
+        out=tmp_path,
+        variants=["fp32", "pruned", "pruned-int8", "sparse"],
+        limit=300,
+        settings=settings,
+        register=False,
+        console=console,
+    )
+    assert set(manifest.variants) == {"fp32"}
+    assert set(manifest.failed) == {"pruned", "pruned-int8", "sparse"}
+    fp32 = manifest.variant("fp32").entry["test_accuracy"]
+    printed = console.export_text()
+    for name, fix in (("pruned", "--finetune-epochs"), ("sparse", "--sparsity")):
+        reason = manifest.failed[name]["reason"]
+        assert reason.startswith(f"variant '{name}': accuracy ")
+        assert f"below fp32's {fp32:.2%}, over the 1-point budget (--max-pruning-drop)" in reason
+        assert fix in reason and "\n" not in reason
+        assert f"{name}: failed - {reason}" in printed
+        assert not (manifest.bundle_dir / name).exists()
+    assert "pruned, which was not built" in manifest.failed["pruned-int8"]["reason"]
 
 
 def test_depth_pruning_refuses_a_block_that_changes_shape_before_building(tiny_resnet_run, tmp_path):

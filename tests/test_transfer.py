@@ -20,7 +20,7 @@ from training.pretrained import load_pretrained
 from training.tensors import materialize
 from training.train import STATE_FILE, train
 from training.transfer import linear_probe, with_new_head
-from training.transforms import normalize_transform
+from training.transforms import normalize_transform, random_resized_crop_flip
 
 HYMENOPTERA = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "hymenoptera"
 SMALL = {"limit": 16, "batch_size": 8, "image_size": 96, "resize_shorter": 110, "threads": 2}
@@ -154,3 +154,19 @@ def test_fine_tuning_moves_the_backbone_but_not_batchnorm_statistics(tmp_path):
     assert statistics and convolutions
     assert all(torch.equal(tuned[k], original[k]) for k in statistics)
     assert sum(not torch.equal(tuned[k], original[k]) for k in convolutions) == len(convolutions)
+
+
+def test_the_augment_policy_changes_each_crop_reproducibly_and_unknown_ones_are_refused():
+    data = load_data(f"folder:{HYMENOPTERA}", image_size=96, channels=3, resize_shorter=110)
+    photos = materialize(limit_dataset(data.train, 4, 0), data.spec).images
+
+    def crops(policy: str) -> torch.Tensor:
+        torch.manual_seed(0)  # the training loop re-seeds the global RNG every epoch
+        return random_resized_crop_flip(photos, size=(96, 96), interpolation="bicubic", policy=policy)
+
+    plain, trivial = crops("none"), crops("trivialaugment")
+    assert trivial.shape == plain.shape == (4, 3, 96, 96) and trivial.dtype == torch.uint8
+    assert torch.equal(trivial, crops("trivialaugment"))
+    assert not torch.equal(trivial, plain) and not torch.equal(crops("randaugment"), plain)
+    with pytest.raises(SlimserveError, match="--augment-policy must be one of none, trivialaugment"):
+        _config(augment_policy="autoaugment")

@@ -72,6 +72,8 @@ BACKBONE_RECIPES: dict[str, dict[str, Any]] = {
 }
 RECIPE_NAMES = ("full", "fast", "transfer")
 FREEZE_MODES = ("none", "backbone")
+# Photo augmentation after RandomResizedCrop + flip: torchvision.transforms.v2's policies.
+AUGMENT_POLICIES = ("none", "trivialaugment", "randaugment")
 
 OPTIMIZERS = ("sgd", "adamw")
 DEVICES = ("auto", "cpu", "cuda")
@@ -215,6 +217,13 @@ class TrainConfig:
         parse=positive_float,
         unset="the recipe's; {default} (torchvision's) outside --recipe transfer",
     )
+    augment_policy: str = option(
+        "none",
+        help="photo augmentation after the crop and flip: torchvision's TrivialAugmentWide or "
+        "RandAugment (one random colour/geometry op per image per epoch)",
+        choices=AUGMENT_POLICIES,
+        unset="the recipe's; {default} outside --recipe transfer",
+    )
     resize_shorter: int | None = option(
         None,
         help="folder datasets: resize the shorter side to this, then centre-crop --image-size",
@@ -264,6 +273,10 @@ class TrainConfig:
                 "--wise-alpha interpolates toward the probed weights: it needs --probe-epochs > 0",
             ),
             (0 < self.crop_scale <= 1, "--crop-scale must be in (0, 1]"),
+            (
+                self.augment_policy in AUGMENT_POLICIES,
+                f"--augment-policy must be one of {', '.join(AUGMENT_POLICIES)}",
+            ),
             (
                 self.resize_shorter is None or self.resize_shorter >= self.image_size,
                 f"--resize-shorter must be at least --image-size ({self.image_size})",

@@ -184,6 +184,7 @@ def _augmentation(config: TrainConfig, data: LoadedData, generator: torch.Genera
             interpolation=data.spec.interpolation,
             hflip=data.hflip,
             scale=(config.crop_scale, 1.0),
+            policy=config.augment_policy,
         )
     return functools.partial(
         random_crop_flip, padding=data.crop_padding, hflip=data.hflip, generator=generator

@@ -146,4 +146,8 @@ def describe(config: TrainConfig) -> str:
     bn = ", BatchNorm statistics frozen" if config.freeze_bn else ""
     ema = f", EMA of the weights (decay {config.ema_decay})" if config.ema_decay else ""
     wise = f", WiSE-FT alpha {config.wise_alpha}" if config.wise_alpha < 1 else ""
-    return f"{config.weights} weights, full fine-tune (backbone lr x{config.backbone_lr_scale}{probe}{bn}{ema}{wise})"
+    policy = f", {config.augment_policy}" if config.augment_policy != "none" else ""
+    return (
+        f"{config.weights} weights, full fine-tune "
+        f"(backbone lr x{config.backbone_lr_scale}{probe}{bn}{ema}{wise}{policy})"
+    )

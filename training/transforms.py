@@ -95,13 +95,17 @@ def random_resized_crop_flip(
     interpolation: str,
     hflip: bool = True,
     scale: tuple[float, float] = (0.08, 1.0),
+    policy: str = "none",
 ) -> torch.Tensor:
-    """Per-image RandomResizedCrop (``scale`` of the area, torchvision's ratio) and flip, NCHW uint8.
+    """Per-image RandomResizedCrop (``scale`` of the area, torchvision's ratio) and flip, NCHW uint8,
+    then ``policy`` (torchvision's TrivialAugmentWide or RandAugment) on each crop.
 
-    Parameters come from torchvision's own ``RandomResizedCrop.get_params``, which draws
-    from the global RNG that the training loop re-seeds every epoch.
+    Parameters come from torchvision's own ``RandomResizedCrop.get_params`` and policies,
+    which draw from the global RNG that the training loop re-seeds every epoch.
     """
     mode = InterpolationMode(interpolation)
+    # The policies' rotations and shears take nearest or bilinear on tensors (not bicubic).
+    extra = _POLICIES[policy](interpolation=InterpolationMode.BILINEAR) if policy != "none" else None
     flips = torch.rand(len(batch)) < 0.5 if hflip else torch.zeros(len(batch), dtype=torch.bool)
     out = []
     for image, flip in zip(batch, flips, strict=True):
@@ -109,5 +113,9 @@ def random_resized_crop_flip(
         crop = v2.functional.resized_crop(
             image, top, left, height, width, list(size), interpolation=mode, antialias=True
         )
-        out.append(crop.flip(-1) if flip else crop)
+        crop = crop.flip(-1) if flip else crop
+        out.append(extra(crop) if extra is not None else crop)
     return torch.stack(out)
+
+
+_POLICIES = {"trivialaugment": v2.TrivialAugmentWide, "randaugment": v2.RandAugment}
