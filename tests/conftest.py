@@ -39,6 +39,20 @@ _running: list[pytest.Item] = []
 _slow_setups: dict[str, float] = {}
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Let the servers the suite starts hear Ctrl-C.
+
+    Servers are stopped with SIGINT, as a user stops one. A suite started in the background
+    by a non-interactive shell (``make test &``, ``nohup``, some CI runners) starts with
+    SIGINT ignored, and an ignored signal stays ignored in every child across ``exec``: each
+    ``slimserve serve`` then sat out Ctrl-C until the harness killed it 30 s later (14 min
+    instead of 9 for ``make test``, and the killed servers' metric folders were left behind).
+    A handled signal is reset to the default in a child, so Python's own handler here is
+    enough."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Give each test the tiers of the fixtures it uses (``fixturenames`` is the closure)."""
     for item in items:
