@@ -205,7 +205,9 @@ def _measure_parent(
     )
 
     bundle_dir.mkdir(parents=True)
-    finetune_limit = min((n for n in (limit, settings.finetune_images) if n is not None), default=None)
+    # An explicit --finetune-images wins over --limit: the demo caps its accuracy gates' test
+    # images with ``limit`` and sizes the fine-tuning apart, often to more images than that.
+    finetune_limit = limit if settings.finetune_images is None else settings.finetune_images
     train_set = functools.cache(
         lambda: materialize(
             limit_dataset(data.train, finetune_limit, settings.seed), checkpoint.spec, "train images"

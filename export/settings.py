@@ -66,7 +66,8 @@ class ExportSettings:
     finetune_epochs: int = option(3, help="pruned: fine-tuning epochs after pruning", parse=int)
     finetune_images: int | None = option(
         None,
-        help="pruned: fine-tune on a seeded subset of N train images (the demo sizes it to its budget)",
+        help="pruned: fine-tune on a seeded subset of N train images, whatever --limit says (the demo sizes it "
+        "to its budget)",
         parse=positive_int,
         unset="--limit's count, else all",
     )
