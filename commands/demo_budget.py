@@ -40,7 +40,7 @@ EXPORT_EVAL_PASSES = 9.0
 # The pruned CNN keeps a third of the MACs, but its fine-tuning (export's loop: the train
 # images materialized, then SGD epochs) ran only 1.35x training's rate, measured quiet on the
 # reference VM: 12,000 -> 28,000 fine-tuning images added 6.7 s to the export (2,390 img/s)
-# against 1,774 img/s for the demo's training; small layers keep less of the cores busy.
+# against 1,774 img/s for the demo's training (why not nearer 3x was not profiled).
 PRUNED_TRAIN_SPEEDUP = 1.35
 # INT8 builds that calibrate (int8 and pruned-int8, ONNX and TorchScript each), first try.
 INT8_BUILDS = 4

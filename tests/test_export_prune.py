@@ -235,7 +235,10 @@ def test_contradictory_pruning_settings_are_refused(kwargs, message):
 def test_fine_tuning_images_are_bounded_apart_from_the_evaluation_images(tiny_cnn_run, tmp_path):
     # The demo sizes the fine-tuning to its budget without shrinking the accuracy gates' images.
     manifest = _export_pruned(
-        tiny_cnn_run, tmp_path, ExportSettings(finetune_epochs=1, finetune_images=120, max_pruning_drop=NO_BUDGET), 300
+        tiny_cnn_run,
+        tmp_path,
+        ExportSettings(finetune_epochs=1, finetune_images=120, max_pruning_drop=NO_BUDGET),
+        300,
     )
     assert manifest.variant("pruned").entry["export_settings"]["finetune"]["images"] == 120
     assert manifest.data["evaluation"]["images"] == manifest.variant("pruned").entry["test_images"] == 300
@@ -246,7 +249,10 @@ def test_fine_tuning_images_beyond_the_evaluation_limit_are_not_cut_to_it(tiny_c
     # The demo gates on a few thousand test images and fine-tunes on more train images than
     # that: --limit must not silently shrink an explicit --finetune-images.
     manifest = _export_pruned(
-        tiny_cnn_run, tmp_path, ExportSettings(finetune_epochs=1, finetune_images=500, max_pruning_drop=NO_BUDGET), 300
+        tiny_cnn_run,
+        tmp_path,
+        ExportSettings(finetune_epochs=1, finetune_images=500, max_pruning_drop=NO_BUDGET),
+        300,
     )
     assert manifest.variant("pruned").entry["export_settings"]["finetune"]["images"] == 500
     assert manifest.data["evaluation"]["images"] == 300
