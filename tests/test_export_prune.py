@@ -232,27 +232,16 @@ def test_contradictory_pruning_settings_are_refused(kwargs, message):
         ExportSettings(**kwargs)
 
 
-def test_fine_tuning_images_are_bounded_apart_from_the_evaluation_images(tiny_cnn_run, tmp_path):
-    # The demo sizes the fine-tuning to its budget without shrinking the accuracy gates' images.
+@pytest.mark.parametrize("images", [120, 500], ids=["below-the-limit", "beyond-the-limit"])
+def test_fine_tuning_images_are_set_apart_from_the_evaluation_limit(tiny_cnn_run, tmp_path, images):
+    # The demo gates on a few thousand test images (limit) and sizes the fine-tuning to its
+    # budget, fewer or more train images than that: neither shrinks the other.
     manifest = _export_pruned(
         tiny_cnn_run,
         tmp_path,
-        ExportSettings(finetune_epochs=1, finetune_images=120, max_pruning_drop=NO_BUDGET),
+        ExportSettings(finetune_epochs=1, finetune_images=images, max_pruning_drop=NO_BUDGET),
         300,
     )
-    assert manifest.variant("pruned").entry["export_settings"]["finetune"]["images"] == 120
+    assert manifest.variant("pruned").entry["export_settings"]["finetune"]["images"] == images
     assert manifest.data["evaluation"]["images"] == manifest.variant("pruned").entry["test_images"] == 300
-    assert manifest.data["settings"]["finetune_images"] == 120
-
-
-def test_fine_tuning_images_beyond_the_evaluation_limit_are_not_cut_to_it(tiny_cnn_run, tmp_path):
-    # The demo gates on a few thousand test images and fine-tunes on more train images than
-    # that: --limit must not silently shrink an explicit --finetune-images.
-    manifest = _export_pruned(
-        tiny_cnn_run,
-        tmp_path,
-        ExportSettings(finetune_epochs=1, finetune_images=500, max_pruning_drop=NO_BUDGET),
-        300,
-    )
-    assert manifest.variant("pruned").entry["export_settings"]["finetune"]["images"] == 500
-    assert manifest.data["evaluation"]["images"] == 300
+    assert manifest.data["settings"]["finetune_images"] == images
