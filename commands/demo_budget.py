@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass, field
 
 from benchmarks.settings import ModelBenchSettings
+from export.settings import ExportSettings
 
 # An epoch never shrinks below Fashion-MNIST's test split, so training's per-epoch evaluation keeps it whole.
 MIN_EPOCH_IMAGES = 10_000
@@ -50,11 +51,19 @@ BENCH_WARMUP = 5
 BENCH_ROUNDS = ModelBenchSettings().rounds  # what the demo runs, as `bench models`: never cut
 CALL_OVERHEAD_S = 0.001  # a model call beside its images, at reference speed
 
-# What the later phases get at scale 1 (the demo's defaults), and their floors. The demo
-# fine-tunes the pruned variant for 30 s of its training rate, not export's 3 whole epochs.
-FULL = {"calibration": 512, "fallback_attempts": 4, "finetune_s": 30.0, "bench_s": 2.0, "repeats": 30}
+# What the later phases get at scale 1 (export's own defaults where it has them), and their
+# floors. The demo fine-tunes the pruned variant for 30 s of its training rate, not export's
+# whole epochs; export's epoch count is the most that time is split into.
+_EXPORT = ExportSettings()
+FULL = {
+    "calibration": _EXPORT.calibration_images,
+    "fallback_attempts": _EXPORT.int8_fallback_attempts,
+    "finetune_s": 30.0,
+    "bench_s": 2.0,
+    "repeats": 30,
+}
 FLOOR = {"eval_images": 2_000, "calibration": 128, "fallback_attempts": 1, "bench_s": 0.25, "repeats": 10}
-FINETUNE_EPOCHS = 3  # export's default: the most the demo's fine-tuning is split into
+FINETUNE_EPOCHS = _EXPORT.finetune_epochs
 MIN_SCALE = 0.1
 TRAIN_SHARE = 0.45  # the later phases shrink before training gets less of the time left
 
