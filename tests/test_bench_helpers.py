@@ -3,6 +3,7 @@
 import pytest
 
 from benchmarks.machine import (
+    ISA_LIMIT_VARS,
     ZEN4,
     isa_limits,
     machine_info,
@@ -87,7 +88,7 @@ def test_vector_isa_names_what_decides_the_kernels(flags, isa):
 
 
 def test_report_headers_name_this_machine_s_vector_isa(monkeypatch):
-    for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+    for name in ISA_LIMIT_VARS:
         monkeypatch.delenv(name, raising=False)
     info = machine_info()
     assert info["vector_isa"] == vector_isa(set(info["flags"]))  # the flags it reads are all recorded
