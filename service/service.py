@@ -20,7 +20,7 @@ import bentoml
 import numpy as np
 
 from service import connections, timeout
-from service.batching import AdaptiveRoute, adaptive_dispatcher, decide
+from service.batching import AdaptiveRoute, adaptive_dispatcher, decide, poll_every_loop_turn
 from service.config import ServeConfig
 from service.errors import RequestError
 from service.http import ROUTES, PredictionFront
@@ -93,6 +93,8 @@ class Slimserve:
                 variants[name] = load_variant(name, tag, Path(stored.path), CONFIG)
                 single = _model_seconds(variants[name], 1)
                 self.inline[name] = single is not None and single < INLINE_MODEL_SECONDS
+                if self.inline[name]:
+                    poll_every_loop_turn(self.dispatchers[name])
                 decision = decide(
                     single or 0.0,
                     _model_seconds(variants[name], CONFIG.max_batch_size),

@@ -13,6 +13,7 @@ from service.batching import (
     BoundedWaitOptimizer,
     adaptive_dispatcher,
     decide,
+    poll_every_loop_turn,
 )
 
 
@@ -219,6 +220,54 @@ def test_batching_on_forms_batches_for_a_model_that_runs_in_place():
     assert results[-1] == ([8], False)
     assert max(n for path, n in calls if path == "batched") > 1
     assert calls[-1] == ("direct", 1)
+
+
+@pytest.mark.parametrize("every_loop_turn", [False, True])
+def test_for_a_model_run_in_place_the_batcher_polls_every_loop_turn_not_every_ms(
+    monkeypatch, every_loop_turn
+):
+    """BentoML's controller sleeps 1 ms whenever the model is busy or it waits for company;
+    for a model that runs in place on the loop that tick is longer than a call. Bursts of 12
+    with a cap of 8 leave 4 queued behind each full batch: polled every loop turn, they are
+    still served in batches and no request waits on a 1 ms timer."""
+    timed_sleeps: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def recording_sleep(delay: float, *args, **kwargs):
+        if delay > 0:
+            timed_sleeps.append(delay)
+        return await real_sleep(delay, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "sleep", recording_sleep)
+    sizes: list[int] = []
+
+    async def batched(items: tuple[list[int], ...]) -> list[list[int]]:
+        sizes.append(len(items))
+        return list(items)
+
+    async def direct(item: list[int]) -> list[int]:
+        return item
+
+    async def main() -> list[tuple[list[int], bool]]:
+        dispatcher = adaptive_dispatcher(2000, 8, fallback=lambda: None)
+        if every_loop_turn:
+            poll_every_loop_turn(dispatcher)
+        route = AdaptiveRoute(
+            BatchDecision(True, "test"), dispatcher, dispatcher(batched), direct, connections=lambda: 8
+        )
+        results = []
+        for round_ in range(6):
+            results += await asyncio.gather(*(route([round_ * 100 + i]) for i in range(12)))
+        dispatcher.shutdown()
+        return results
+
+    results = asyncio.run(main())
+    assert [r for r, _ in results] == [[r * 100 + i] for r in range(6) for i in range(12)]
+    assert max(sizes) == 8 and sum(sizes) == 72
+    if every_loop_turn:
+        assert timed_sleeps == []
+    else:  # BentoML's own tick, the wait this change removes
+        assert timed_sleeps and set(timed_sleeps) == {0.001}
 
 
 @pytest.mark.parametrize("open_connections", [0, 1, 2])
