@@ -62,10 +62,10 @@ def adaptive_dispatcher(
 def poll_every_loop_turn(dispatcher: CorkDispatcher) -> None:
     """Make BentoML's batcher re-check its queue every event-loop turn instead of every 1 ms.
 
-    For a model that runs in place on the event loop (under ``INLINE_MODEL_SECONDS`` a
-    call). BentoML's controller sleeps ``TICKET_INTERVAL`` (1 ms) each time it finds the
+    Meant for a model that runs in place on the event loop (under ``INLINE_MODEL_SECONDS``
+    a call). BentoML's controller sleeps ``TICKET_INTERVAL`` (1 ms) each time it finds the
     model busy or decides to wait for company; for a 0.3 ms model that tick is three model
-    calls, paid by every batch. With an interval of 0 the controller looks again after one
+    calls. With an interval of 0 the controller looks again after one
     loop turn, in which the loop reads the sockets, so requests that arrive still join; its
     wait for company stays bounded by ``BoundedWaitOptimizer`` (one batch-1 call), so the
     turns it spins are bounded too. A model that runs on a thread keeps the 1 ms tick: a

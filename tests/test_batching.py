@@ -239,30 +239,21 @@ def test_for_a_model_run_in_place_the_batcher_polls_every_loop_turn_not_every_ms
         return await real_sleep(delay, *args, **kwargs)
 
     monkeypatch.setattr(asyncio, "sleep", recording_sleep)
-    sizes: list[int] = []
-
-    async def batched(items: tuple[list[int], ...]) -> list[list[int]]:
-        sizes.append(len(items))
-        return list(items)
-
-    async def direct(item: list[int]) -> list[int]:
-        return item
+    calls: list[tuple[str, int]] = []
 
     async def main() -> list[tuple[list[int], bool]]:
-        dispatcher = adaptive_dispatcher(2000, 8, fallback=lambda: None)
+        route = _route(True, 0.0, calls)
         if every_loop_turn:
-            poll_every_loop_turn(dispatcher)
-        route = AdaptiveRoute(
-            BatchDecision(True, "test"), dispatcher, dispatcher(batched), direct, connections=lambda: 8
-        )
+            poll_every_loop_turn(route.dispatcher)
         results = []
         for round_ in range(6):
             results += await asyncio.gather(*(route([round_ * 100 + i]) for i in range(12)))
-        dispatcher.shutdown()
+        route.dispatcher.shutdown()
         return results
 
     results = asyncio.run(main())
-    assert [r for r, _ in results] == [[r * 100 + i] for r in range(6) for i in range(12)]
+    assert [r for r, _ in results] == [[(r * 100 + i) * 10] for r in range(6) for i in range(12)]
+    sizes = [n for path, n in calls if path == "batched"]
     assert max(sizes) == 8 and sum(sizes) == 72
     if every_loop_turn:
         assert timed_sleeps == []
