@@ -129,11 +129,6 @@ class ServeConfig:
         parse=positive_int,
         unset=_ENV_OR_DEFAULT,
     )
-    balance_connections: bool = option(
-        True,
-        help="a worker holding more than its share of the open connections answers its next request with `connection: close`, so the client reconnects to another",
-        unset=_ENV_OR_DEFAULT,
-    )
     # On SIGTERM/SIGINT, `slimserve serve` gives in-flight requests this long to finish (uvicorn's
     # timeout_graceful_shutdown); a bare `bentoml serve` waits for them without a limit.
     graceful_shutdown_s: int = option(
