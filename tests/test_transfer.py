@@ -57,7 +57,8 @@ def test_the_probe_trains_the_head_and_leaves_the_backbone_bit_for_bit():
         config.dataset, image_size=96, channels=3, val_fraction=0.2, seed=0, resize_shorter=110,
         mean_std=(weights.mean, weights.std), interpolation=weights.interpolation, download=False,
     )  # fmt: skip
-    model = with_new_head(model, len(data.classes), seed=0)
+    model, rows = with_new_head(model, list(data.classes), seed=0)
+    assert rows is None  # a fresh head
     before = _snapshot(model)
     photos = materialize(limit_dataset(data.train, 16, 0), data.spec)
     linear_probe(model, photos, normalize_transform(data.spec), torch.device("cpu"), config)
@@ -146,6 +147,8 @@ def test_fine_tuning_moves_the_backbone_but_not_batchnorm_statistics(tmp_path):
         "freeze_bn": True,
         "ema_decay": 0.0,
         "wise_alpha": 1.0,
+        "head_init": "new",
+        "head_rows": None,
     }
     tuned = load_checkpoint(tmp_path / "run").model.state_dict()
     original = load_pretrained("tf_efficientnet_lite0", "imagenet")[0].state_dict()

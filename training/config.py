@@ -78,6 +78,23 @@ AUGMENT_POLICIES = ("none", "trivialaugment", "randaugment")
 OPTIMIZERS = ("sgd", "adamw")
 DEVICES = ("auto", "cpu", "cuda")
 AMP_MODES = ("auto", "on", "off")
+# --head-init (training.head_init): a fresh head, or rows of the pretrained classifier.
+HEAD_NEW, HEAD_AUTO = "new", "auto"
+
+
+def check_head_init(value: str) -> None:
+    """Reject a malformed ``--head-init`` before any weights load."""
+    if value in (HEAD_NEW, HEAD_AUTO):
+        return
+    for pair in value.split(","):
+        name, sep, label = pair.partition("=")
+        if not sep or not name.strip() or not label.strip():
+            raise SlimserveError(
+                f"--head-init {value!r}: write 'new', 'auto' or CLASS=LABEL pairs separated by commas "
+                "(e.g. ants=ant,bees=bee)"
+            )
+
+
 # TrainConfig() is the default model's full recipe; the help says so.
 _CNN_FULL = RECIPES["cnn"]["full"]
 _RECIPE = "the recipe's; {default} for cnn, full"
@@ -183,6 +200,14 @@ class TrainConfig:
         help="with --weights: 'backbone' trains only the new head, 'none' fine-tunes everything",
         choices=FREEZE_MODES,
     )
+    head_init: str = option(
+        HEAD_NEW,
+        help="with --weights: 'new' starts the head from random weights; 'auto' starts each class's row from "
+        "the pretrained classifier's row of the same name (ImageNet's 'ant' for a folder 'ants'); "
+        "CLASS=LABEL,... names them (a label synonym, WordNet id or row index). Either way the transfer "
+        "recipe then skips its probe, since the head already fits",
+        metavar="new|auto|CLASS=LABEL,...",
+    )
     backbone_lr_scale: float = option(
         0.1, help="full fine-tune: the backbone's learning rate is --lr times this", parse=positive_float
     )
@@ -256,6 +281,10 @@ class TrainConfig:
                 self.freeze == "none" or self.weights is not None,
                 "--freeze backbone needs pretrained --weights (a random backbone has nothing to keep)",
             ),
+            (
+                self.head_init == HEAD_NEW or self.weights is not None,
+                "--head-init starts the head from the pretrained classifier's rows: it needs --weights",
+            ),
             (0 < self.backbone_lr_scale <= 1, "--backbone-lr-scale must be in (0, 1]"),
             (self.probe_epochs >= 0, "--probe-epochs must not be negative"),
             (
@@ -304,6 +333,7 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise SlimserveError(message)
+        check_head_init(self.head_init)
 
     @classmethod
     def from_recipe(cls, model: str, recipe: str = "full", **overrides: Any) -> "TrainConfig":
@@ -323,6 +353,10 @@ class TrainConfig:
             frozen = recipe == "transfer" and given.get("freeze") == "backbone"
             defaults = BACKBONE_RECIPES["transfer-frozen" if frozen else recipe]
         values = {**defaults, **given}
+        if given.get("head_init", HEAD_NEW) != HEAD_NEW and "probe_epochs" not in given:
+            # A probe would refit the head from scratch and wash out the pretrained rows
+            # (hymenoptera, seed 0: 145 val photos with it, 149 without; BENCHMARKS.md).
+            values["probe_epochs"] = 0
         return cls(model=model, recipe=recipe, **values)
 
     def to_dict(self) -> dict[str, Any]:

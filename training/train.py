@@ -135,10 +135,14 @@ def _load_run_data(config: TrainConfig, weights: Weights | None) -> LoadedData:
     )
 
 
-def _build(config: TrainConfig, data: LoadedData, pretrained: nn.Module | None) -> nn.Module:
+def _build(
+    config: TrainConfig, data: LoadedData, pretrained: nn.Module | None
+) -> tuple[nn.Module, dict[str, str] | None]:
+    """The model to train, and where its head's rows came from when ``--head-init`` chose them."""
     torch.manual_seed(config.seed)
+    head_rows = None
     if pretrained is not None:
-        model = with_new_head(pretrained, len(data.classes), config.seed)
+        model, head_rows = with_new_head(pretrained, list(data.classes), config.seed, config.head_init)
     else:
         model = build_model(
             config.model,
@@ -149,7 +153,7 @@ def _build(config: TrainConfig, data: LoadedData, pretrained: nn.Module | None) 
         )
     if config.freeze == "backbone":
         freeze_backbone(model)
-    return model
+    return model, head_rows
 
 
 def _prepare(config: TrainConfig, data: LoadedData) -> tuple[ImageTensors, ImageTensors]:
@@ -451,6 +455,7 @@ def _metadata(
     weights: Weights | None,
     session: Session,
     extra: dict[str, Any],
+    head_rows: dict[str, str] | None,
 ) -> dict[str, Any]:
     """What the checkpoint records beside the weights: enough to rebuild and to explain it."""
     arch = config.model
@@ -477,6 +482,8 @@ def _metadata(
             "freeze_bn": config.freeze_bn,
             "ema_decay": config.ema_decay,
             "wise_alpha": config.wise_alpha,
+            "head_init": config.head_init,
+            "head_rows": head_rows,  # class -> "row: label" of the pretrained head it started from
         }
         if weights
         else None,
@@ -554,7 +561,8 @@ def _train_in_world(
     pretrained, weights = pretrained_model(config) if config.weights is not None else (None, None)
     data = _load_run_data(config, weights)
     _print_skipped(console, data)
-    model = _build(config, data, pretrained).to(device)
+    model, head_rows = _build(config, data, pretrained)
+    model = model.to(device)
     if state is not None:
         if state["epoch"] >= config.epochs:
             raise SlimserveError(f"{run_dir} already finished all {config.epochs} epochs; nothing to resume")
@@ -613,7 +621,7 @@ def _train_in_world(
                 save_checkpoint(
                     run_dir,
                     served if served is not None else model,
-                    _metadata(config, data, weights, session, extra),
+                    _metadata(config, data, weights, session, extra, head_rows),
                 )
                 _save_state(run_dir, _resume_state(config, model, session, history, elapsed))
             distributed.barrier(world)  # no rank starts the next epoch (or exits) before the files exist

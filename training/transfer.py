@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from training import backbones
-from training.config import BACKBONE_RECIPES, TrainConfig
+from training import head_init as head_rows
+from training.config import BACKBONE_RECIPES, HEAD_NEW, TrainConfig
 from training.pretrained import Weights, load_pretrained
 from training.tensors import ImageTensors, batch_count, batches
 
@@ -33,9 +34,15 @@ def pretrained_model(config: TrainConfig) -> tuple[nn.Module, Weights]:
     return load_pretrained(config.model, str(config.weights), download=config.download)
 
 
-def with_new_head(model: nn.Module, num_classes: int, seed: int) -> nn.Module:
+def with_new_head(
+    model: nn.Module, classes: list[str], seed: int, head_init: str = HEAD_NEW
+) -> tuple[nn.Module, dict[str, str] | None]:
+    """The head replaced for ``classes``: freshly initialised, or (``--head-init``) from the
+    pretrained classifier's rows for them; with each class's row for the metadata."""
     torch.manual_seed(seed)  # the new head's initialisation is part of the seeded run
-    return backbones.replace_head(model, num_classes)
+    if head_init == HEAD_NEW:
+        return backbones.replace_head(model, len(classes)), None
+    return head_rows.with_head_from(model, classes, head_init)
 
 
 def freeze_backbone(model: nn.Module) -> None:
