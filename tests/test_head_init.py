@@ -15,7 +15,7 @@ from slimserve.spec import PreprocessSpec
 from training import backbones, pretrained
 from training.config import TrainConfig
 from training.head_init import LabelSet, resolve
-from training.transfer import with_new_head
+from training.transfer import describe, with_new_head
 from training.transforms import eval_transform
 
 HYMENOPTERA = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "hymenoptera"
@@ -79,6 +79,7 @@ def test_with_pretrained_rows_the_transfer_recipe_skips_the_probe_unless_asked()
     assert TrainConfig.from_recipe("tf_efficientnet_lite0", "transfer", **base).probe_epochs == 30
     auto = TrainConfig.from_recipe("tf_efficientnet_lite0", "transfer", head_init="auto", **base)
     assert auto.probe_epochs == 0
+    assert "head from the pretrained rows (auto)" in describe(auto) and "probed" not in describe(auto)
     asked = TrainConfig.from_recipe(
         "tf_efficientnet_lite0", "transfer", head_init="auto", probe_epochs=5, **base
     )

@@ -146,9 +146,10 @@ def describe(config: TrainConfig) -> str:
     """One phrase for the start-of-run line: how the backbone is trained."""
     if config.weights is None:
         return "from scratch"
+    head = f", head from the pretrained rows ({config.head_init})" if config.head_init != HEAD_NEW else ""
     if config.freeze == "backbone":
         how = "head only, features computed once" if not config.augment else "head only"
-        return f"{config.weights} weights, backbone frozen ({how})"
+        return f"{config.weights} weights, backbone frozen ({how}{head})"
     probe = f", head first probed for {config.probe_epochs} epochs" if config.probe_epochs else ""
     bn = ", BatchNorm statistics frozen" if config.freeze_bn else ""
     ema = f", EMA of the weights (decay {config.ema_decay})" if config.ema_decay else ""
@@ -156,5 +157,5 @@ def describe(config: TrainConfig) -> str:
     policy = f", {config.augment_policy}" if config.augment_policy != "none" else ""
     return (
         f"{config.weights} weights, full fine-tune "
-        f"(backbone lr x{config.backbone_lr_scale}{probe}{bn}{ema}{wise}{policy})"
+        f"(backbone lr x{config.backbone_lr_scale}{head}{probe}{bn}{ema}{wise}{policy})"
     )
