@@ -49,6 +49,7 @@ def test_classes_find_their_imagenet_rows(imagenet, value, classes, rows):
         ("ants=ant,wasps=bee", ["ants", "bees"], "names wasps, not classes of this dataset"),
         ("ants=ant,bees=emmet", ["ants", "bees"], "two classes map to the same row"),
         ("ants=1000,bees=bee", ["ants", "bees"], "ants: no label"),  # past the last row
+        ("ants=ant,ants=bee", ["ants", "bees"], "a class is named twice"),
     ],
 )
 def test_what_cannot_be_placed_is_one_error_naming_the_fix(imagenet, value, classes, message):

@@ -205,8 +205,8 @@ class TrainConfig:
         HEAD_NEW,
         help="with --weights: 'new' starts the head from random weights; 'auto' starts each class's row from "
         "the pretrained classifier's row of the same name (ImageNet's 'ant' for a folder 'ants'); "
-        "CLASS=LABEL,... names them (a label synonym, WordNet id or row index). Either way the transfer "
-        "recipe then skips its probe, since the head already fits",
+        "CLASS=LABEL,... names them (a label synonym, WordNet id or row index). With auto or names the "
+        "transfer recipe skips its probe (the head already fits) unless --probe-epochs is given",
         metavar="new|auto|CLASS=LABEL,...",
     )
     backbone_lr_scale: float = option(

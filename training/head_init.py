@@ -5,9 +5,10 @@ Why: a new head learned from a few hundred photos is a worse estimate of "ant" t
 ImageNet's 1,300 ant photos taught the pretrained classifier. On hymenoptera, the ImageNet
 EfficientNet-Lite0 restricted to its ``ant`` and ``bee`` logits answers 149 of the 153 val
 photos before any training, while LP-FT from a fresh head lands at 144-146 (BENCHMARKS.md).
-Evaluating a pretrained model on a subset of its classes by keeping those logits is what
-timm's ``--class-map`` and the ImageNet-A/R subsets do; here the kept rows become the new
-head's initialisation and fine-tuning goes on from them.
+Scoring a pretrained model on a subset of its classes by keeping those logits is how the
+ImageNet-A and -R benchmarks are run on 1000-class models (timm ships their 200 row indices in
+``timm/data/_info``); here the kept rows become the new head's initialisation and fine-tuning
+goes on from them.
 
 Mapping syntax (``--head-init``):
 
@@ -86,8 +87,13 @@ def resolve(value: str, classes: list[str], labels: LabelSet) -> list[int]:
     if value == HEAD_AUTO:
         wanted = {name: labels.lookup(name, plural=True) for name in classes}
     else:
-        pairs = dict(pair.split("=", 1) for pair in value.split(","))
-        pairs = {name.strip(): label.strip() for name, label in pairs.items()}
+        split = [pair.split("=", 1) for pair in value.split(",")]
+        pairs = {name.strip(): label.strip() for name, label in split}
+        if len(pairs) < len(split):
+            raise SlimserveError(
+                f"--head-init {value}: a class is named twice; name each of the classes of this dataset "
+                f"({', '.join(classes)}) once"
+            )
         unknown = sorted(set(pairs) - set(classes))
         if unknown:
             raise SlimserveError(
