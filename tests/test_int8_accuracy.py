@@ -98,9 +98,18 @@ def test_bias_correction_keeps_more_answers_than_plain_qdq(lite0_128, tmp_path):
         quantized = OnnxQuantizer(path, calibration_set, preset, work).quantize(work / "q.onnx", "minmax")
         return int((_answers(quantized, photos) != reference).sum())
 
-    # The AVX2 recipe (7-bit weights) computes the same on every x86 CPU, so this holds here too.
+    # The AVX2 recipe (7-bit weights) computes the same on every x86 CPU, so this holds on any.
     plain_avx2, corrected_avx2 = changed("avx2", False), changed("avx2", True)
     assert corrected_avx2 < plain_avx2, (corrected_avx2, plain_avx2)
-    plain, corrected = changed("avx512_vnni", False), changed("avx512_vnni", True)
-    assert corrected <= plain, (corrected, plain)
-    assert corrected <= 0.08 * len(photos), f"{corrected} of {len(photos)} photos changed"
+    # The recipe export picks for this CPU keeps the answers here. A full-range recipe is exact
+    # only where the CPU accumulates in int32 (VNNI, AMX, NEON dot products): on an AVX2 CPU
+    # vpmaddubsw saturates, and it must lose more answers than the avx2 recipe does.
+    here = cpu_preset(cpu_flags()).name
+    if here == "avx2":
+        corrected = corrected_avx2
+        full_range = changed("avx512_vnni", True)
+        assert full_range > corrected, (full_range, corrected)
+    else:
+        plain, corrected = changed(here, False), changed(here, True)
+        assert corrected <= plain, (corrected, plain)
+    assert corrected <= 0.08 * len(photos), f"{here}: {corrected} of {len(photos)} photos changed"
