@@ -98,8 +98,17 @@ def test_async_client_gives_the_same_answers(served, client, pngs):
     server, _ = served
 
     async def run() -> list[dict]:
-        async with bentoml.AsyncHTTPClient(server.url) as remote:
-            return await asyncio.gather(*(remote.predict(image=p) for p in pngs))
+        # Concurrent calls on one client get PIL images, not paths: BentoML 1.4's client closes
+        # every file it opened for a path when any call ends, so a concurrent call still sending
+        # its body fails with "read of closed file" (seen on a slower CPU). A PIL image is sent
+        # from its own file, which the client leaves alone. The README says so.
+        images = [Image.open(p) for p in pngs]
+        try:
+            async with bentoml.AsyncHTTPClient(server.url) as remote:
+                return await asyncio.gather(*(remote.predict(image=image) for image in images))
+        finally:
+            for image in images:
+                image.close()
 
     answers = asyncio.run(run())
     assert [a["predictions"] for a in answers] == [client.predict(image=p)["predictions"] for p in pngs]
