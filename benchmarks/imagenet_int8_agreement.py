@@ -15,14 +15,15 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 from tqdm import tqdm
 
 from benchmarks.machine import vector_isa
-from export.formats import INPUT_NAME, example_batch, write_onnx
+from export.checks import predict
+from export.formats import example_batch, write_onnx
 from export.int8_presets import PRESETS, cpu_flags, resolve_preset
 from export.quantize_onnx import OnnxQuantizer
 from service.preprocess import Preprocessor, load_image, open_image
+from slimserve.runtime import open_runner
 from slimserve.spec import PreprocessSpec
 from training import pretrained
 from training.eval_data import ImageSet
@@ -37,14 +38,9 @@ def photos(preprocess: Preprocessor, folder: Path) -> np.ndarray:
     return np.concatenate([preprocess(load_image(open_image(f.read_bytes(), 10**9))) for f in files])
 
 
-def answers(path: Path, images: np.ndarray, batch: int = 32) -> np.ndarray:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return np.concatenate(
-        [
-            session.run(None, {INPUT_NAME: images[i : i + batch]})[0].argmax(1)
-            for i in range(0, len(images), batch)
-        ]
-    )
+def answers(path: Path, images: np.ndarray) -> np.ndarray:
+    """Top-1 classes from the ONNX file, opened by the runtime layer as export and serve open it."""
+    return predict(open_runner("onnx", path), images).argmax(1)
 
 
 def main() -> None:

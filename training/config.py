@@ -83,10 +83,12 @@ AMP_MODES = ("auto", "on", "off")
 HEAD_NEW, HEAD_AUTO = "new", "auto"
 
 
-def check_head_init(value: str) -> None:
-    """Reject a malformed ``--head-init`` before any weights load."""
+def head_init_pairs(value: str) -> list[tuple[str, str]]:
+    """The (class, label) pairs of a ``--head-init CLASS=LABEL,...`` value (none for ``new`` and
+    ``auto``); a malformed value is refused here, before any weights load."""
     if value in (HEAD_NEW, HEAD_AUTO):
-        return
+        return []
+    pairs = []
     for pair in value.split(","):
         name, sep, label = pair.partition("=")
         if not sep or not name.strip() or not label.strip():
@@ -94,6 +96,8 @@ def check_head_init(value: str) -> None:
                 f"--head-init {value!r}: write 'new', 'auto' or CLASS=LABEL pairs separated by commas "
                 "(e.g. ants=ant,bees=bee)"
             )
+        pairs.append((name.strip(), label.strip()))
+    return pairs
 
 
 # TrainConfig() is the default model's full recipe; the help says so.
@@ -334,7 +338,7 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise SlimserveError(message)
-        check_head_init(self.head_init)
+        head_init_pairs(self.head_init)
 
     @classmethod
     def from_recipe(cls, model: str, recipe: str = "full", **overrides: Any) -> "TrainConfig":

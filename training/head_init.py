@@ -33,7 +33,7 @@ from torch import nn
 
 from slimserve.errors import SlimserveError
 from training import backbones
-from training.config import HEAD_AUTO
+from training.config import HEAD_AUTO, head_init_pairs
 
 IMAGENET_ROWS = 1000
 
@@ -87,8 +87,8 @@ def resolve(value: str, classes: list[str], labels: LabelSet) -> list[int]:
     if value == HEAD_AUTO:
         wanted = {name: labels.lookup(name, plural=True) for name in classes}
     else:
-        split = [pair.split("=", 1) for pair in value.split(",")]
-        pairs = {name.strip(): label.strip() for name, label in split}
+        split = head_init_pairs(value)
+        pairs = dict(split)
         if len(pairs) < len(split):
             raise SlimserveError(
                 f"--head-init {value}: a class is named twice; name each of the classes of this dataset "
