@@ -14,6 +14,7 @@ from benchmarks.http_bench import free_port, write_test_images
 from benchmarks.peers.bench import (
     _reason,
     peer_settings,
+    round_order,
     running_peer,
     server_command,
 )
@@ -99,6 +100,7 @@ def test_tiny_peer_run_writes_rows_and_reports_a_peer_that_does_not_import(
     assert triton["status"] == "failed" and "No module named 'pytriton'" in triton["reason"]
     assert triton["reason"].endswith("run with --setup-venvs")
     assert report["results"]["pytriton"] == []
+    assert [report["peers"][name]["rounds"][0]["position"] for name in report["peers"]] == [1, 2, 3]
     assert report["vector_isa"] == report["machine"]["vector_isa"] != ""
     markdown = (out / "bench-peers.md").read_text()
     table = [line for line in markdown.splitlines() if line.startswith("| ")]
@@ -106,6 +108,14 @@ def test_tiny_peer_run_writes_rows_and_reports_a_peer_that_does_not_import(
     assert "failed: nvidia-pytriton does not import" in table[3] and "mosec 0.9.8" in table[2]
     assert report["vector_isa"] in markdown
     assert Path(report["plots"][0]).read_bytes().startswith(b"\x89PNG")
+
+
+def test_even_rounds_run_the_peers_in_reverse_so_each_has_the_same_mean_position():
+    rounds = [[peer.name for peer in round_order(PEERS, index)] for index in (1, 2, 3, 4)]
+    assert rounds[0] == [peer.name for peer in PEERS] == rounds[2]
+    assert rounds[1] == rounds[0][::-1] == rounds[3]
+    mean_positions = {name: sum(r.index(name) for r in rounds[:2]) / 2 for name in rounds[0]}
+    assert len(set(mean_positions.values())) == 1
 
 
 def test_bodies_round_trip_and_kserve_answers_are_unwrapped():

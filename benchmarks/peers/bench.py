@@ -1,6 +1,6 @@
 """Run every peer, one at a time, under the same locust load as `slimserve bench http`.
 
-For each round and each peer: check the framework imports (in the peer's own venv where
+For each round and each peer (even rounds in reverse order, ``round_order``): check the framework imports (in the peer's own venv where
 it has one), start its server on a free loopback port, wait until it answers a real test
 image with a top-5, drive it at each concurrency with ``benchmarks.http_bench.run_locust``,
 stop it. A peer that does not import, start or answer is a row with the reason; the
@@ -290,6 +290,19 @@ def measure(
     return rows
 
 
+def round_order(peers: list[Peer], round_index: int) -> list[Peer]:
+    """The registry's order in odd rounds, the reverse in even ones.
+
+    One round of every peer takes minutes, and this VM's speed drifts by up to 1.4x in that
+    time (BENCHMARKS.md), so a fixed order gave the peers run last a different machine from
+    the peers run first, mosec-batched and slimserve 4-5 minutes apart, in every round. Reversing
+    every other round puts each peer at the same mean position over two rounds, so a steady
+    drift cancels in their sums (the classic ABBA counterbalancing); each round's position
+    is recorded with its figures.
+    """
+    return peers if round_index % 2 else peers[::-1]
+
+
 def summarize(rows: list[dict[str, Any]], concurrency: tuple[int, ...]) -> dict[str, Any]:
     """Per concurrency: requests/s and p99 of every round (the table shows their range)."""
     out: dict[str, Any] = {}
@@ -334,9 +347,9 @@ def bench_peers(
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="slimserve-peers-") as tmp_name:
         for round_index in range(1, settings.rounds + 1):
-            for peer in peers:
+            for position, peer in enumerate(round_order(peers, round_index), start=1):
                 console.print(f"[bold]round {round_index}: {peer.name}[/bold]")
-                facts: dict[str, Any] = {"round": round_index}
+                facts: dict[str, Any] = {"round": round_index, "position": position}
                 try:
                     results[peer.name] += measure(
                         peer, round_index, bundle_dir, manifest, served, bodies, settings, Path(tmp_name), logs,

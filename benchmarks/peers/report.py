@@ -97,7 +97,8 @@ def peers_markdown(report: dict[str, Any]) -> str:
         "as `slimserve serve` lays out this machine",
         f"- Load: {settings['load_generator']}",
         f"- Bounds per server, concurrency and round: {settings['duration_s']:g} s or {settings['requests']} "
-        f"requests; {settings['images']} image files; {settings['rounds']} round(s)",
+        f"requests; {settings['images']} image files; {settings['rounds']} round(s), "
+        "even rounds in reverse order (a drift of the machine's speed over a round cancels over two)",
         f"- Throughput: {settings['requests_per_s']}",
         f"- {BUSY_NOTE}",
         f"- Created: {report['created_at']}; the whole run took {report['wall_s']:.0f} s",
