@@ -1,7 +1,7 @@
 """Run every peer, one at a time, under the same locust load as `slimserve bench http`.
 
-For each round and each peer (even rounds in reverse order, ``round_order``): check the framework imports (in the peer's own venv where
-it has one), start its server on a free loopback port, wait until it answers a real test
+For each round and each peer (even rounds in reverse order, ``round_order``): check the
+framework imports (in the peer's own venv where it has one), start its server on a free loopback port, wait until it answers a real test
 image with a top-5, drive it at each concurrency with ``benchmarks.http_bench.run_locust``,
 stop it. A peer that does not import, start or answer is a row with the reason; the
 other peers still run.
@@ -293,9 +293,9 @@ def measure(
 def round_order(peers: list[Peer], round_index: int) -> list[Peer]:
     """The registry's order in odd rounds, the reverse in even ones.
 
-    One round of every peer takes minutes, and this VM's speed drifts by up to 1.4x in that
-    time (BENCHMARKS.md), so a fixed order gave the peers run last a different machine from
-    the peers run first, mosec-batched and slimserve 4-5 minutes apart, in every round. Reversing
+    One round of every peer takes ~7 minutes, and this VM's speed drifted by 1.4-2x within
+    minutes (BENCHMARKS.md), so a fixed order gave the peers run last a different machine from
+    the peers run first (mosec-batched and slimserve 4-5 minutes apart) in every round. Reversing
     every other round puts each peer at the same mean position over two rounds, so a steady
     drift cancels in their sums (the classic ABBA counterbalancing); each round's position
     is recorded with its figures.
