@@ -1,10 +1,10 @@
 """Run every peer, one at a time, under the same locust load as `slimserve bench http`.
 
 For each round and each peer (even rounds in reverse order, ``round_order``): check the
-framework imports (in the peer's own venv where it has one), start its server on a free loopback port, wait until it answers a real test
-image with a top-5, drive it at each concurrency with ``benchmarks.http_bench.run_locust``,
-stop it. A peer that does not import, start or answer is a row with the reason; the
-other peers still run.
+framework imports (in the peer's own venv where it has one), start its server on a free
+loopback port, wait until it answers a real test image with a top-5, drive it at each
+concurrency with ``benchmarks.http_bench.run_locust``, stop it. A peer that does not
+import, start or answer is a row with the reason; the other peers still run.
 """
 
 import contextlib
