@@ -22,7 +22,7 @@ from export.checks import predict
 from export.formats import example_batch, write_onnx
 from export.int8_presets import PRESETS, cpu_flags, resolve_preset
 from export.quantize_onnx import OnnxQuantizer
-from service.preprocess import Preprocessor, load_image, open_image
+from service.preprocess import Preprocessor
 from slimserve.runtime import open_runner
 from slimserve.spec import PreprocessSpec
 from training import pretrained
@@ -33,9 +33,11 @@ CALIBRATION_PHOTOS = 64
 
 
 def photos(preprocess: Preprocessor, folder: Path) -> np.ndarray:
-    """Every JPEG under ``folder``, preprocessed with the weights' own spec (sorted: repeatable)."""
+    """Every JPEG under ``folder``, preprocessed with the weights' own spec exactly as the service
+    preprocesses an upload (``Preprocessor.payload``: reduced-size JPEG decode included); sorted,
+    so repeatable."""
     files = sorted(folder.rglob("*.jpg"))
-    return np.concatenate([preprocess(load_image(open_image(f.read_bytes(), 10**9))) for f in files])
+    return np.concatenate([preprocess.payload(f.read_bytes(), 10**9) for f in files])
 
 
 def answers(path: Path, images: np.ndarray) -> np.ndarray:
