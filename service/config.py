@@ -129,6 +129,13 @@ class ServeConfig:
         parse=positive_int,
         unset=_ENV_OR_DEFAULT,
     )
+    # Off by default: on a 2-core host it evened out burst-opened connections and cut their
+    # p99, but cost /predict 5-16% req/s under locust's gradual users (BENCHMARKS.md, issue 16).
+    balance_connections: bool = option(
+        False,
+        help="a worker holding more than its share of the open connections (plus a quarter) answers its next request with `connection: close`, so the client reconnects, usually to another worker",
+        unset=_ENV_OR_DEFAULT,
+    )
     # On SIGTERM/SIGINT, `slimserve serve` gives in-flight requests this long to finish (uvicorn's
     # timeout_graceful_shutdown); a bare `bentoml serve` waits for them without a limit.
     graceful_shutdown_s: int = option(

@@ -15,8 +15,9 @@ builds ``uvicorn.Config``, and ``Config.load`` resolves the protocol class by na
 ``uvicorn.config.HTTP_PROTOCOLS`` only then. ``install`` points the ``auto`` and
 ``httptools`` names at ``GuardedHttpProtocol``, uvicorn's own httptools protocol (the one
 ``auto`` picks, httptools being a dependency) with three additions, and a response head
-written together with its body (``HeadWithBody``); everything else,
-keep-alive, pipelining, graceful shutdown, is uvicorn's code unchanged.
+written together with its body (``HeadWithBody``), and keep-alive connections spread
+evenly over the workers (``service.balance``); everything else, keep-alive, pipelining,
+graceful shutdown, is uvicorn's code unchanged.
 """
 
 import asyncio
@@ -25,7 +26,10 @@ import logging
 from typing import ClassVar
 
 import uvicorn.config
+from bentoml._internal.context import server_context
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from service import balance
 
 logger = logging.getLogger("slimserve.service")
 PROTOCOL_PATH = f"{__name__}:GuardedHttpProtocol"
@@ -86,15 +90,18 @@ class HeadWithBody:
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a request-head deadline, a head size limit and a
-    connection cap. Settings are class attributes, set once per worker by ``install``."""
+    """uvicorn's httptools protocol with a request-head deadline, a head size limit, a
+    connection cap and the workers' connection shares. Settings are class attributes, set
+    once per worker by ``install``."""
 
     header_timeout_s: ClassVar[float] = 10.0
     max_header_bytes: ClassVar[int] = 64 * 1024
     max_connections: ClassVar[int] = 1024
+    shares: ClassVar[balance.ConnectionShares | None] = None
 
     _head_timer: asyncio.TimerHandle | None = None
     _head_bytes = 0
+    _told_to_close = False  # this connection's current answer says `connection: close`
     # uvicorn's set of this worker's open connections (one set per server, shared by its
     # protocols), kept once the first connection is made: ``open_connections`` reads it.
     worker_connections: ClassVar[set | None] = None
@@ -107,11 +114,17 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                            self.max_connections)  # fmt: skip
             self._refuse(503, f"too many open connections: the limit is {self.max_connections} per worker")
             return
+        if self.shares is not None:
+            self.shares.publish(len(self.connections))
         self._arm_head_deadline()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_deadline()
         super().connection_lost(exc)
+        if self.shares is not None:
+            if self._told_to_close:
+                self.shares.closing -= 1
+            self.shares.publish(len(self.connections))
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -132,6 +145,26 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         if self.cycle is not before:  # a new request's cycle (its ASGI task has not run yet)
             self.cycle.transport = HeadWithBody(self.transport)  # type: ignore[assignment]
+            self._balance()
+
+    def _balance(self) -> None:
+        """Answer this request with ``connection: close`` if this worker holds more than its
+        share of the server's connections (``service.balance``). Only a request that starts at
+        once and would keep the connection alive: a pipelined one behind it would be lost
+        with the connection, and a lone connection is never more than its share."""
+        if (
+            self.shares is None
+            or self._told_to_close
+            or len(self.connections) < 2
+            or self.pipeline
+            or not self.cycle.keep_alive
+            or not self.shares.over_share(len(self.connections))
+        ):
+            return
+        self.cycle.keep_alive = False  # uvicorn adds `connection: close` and closes after the answer
+        self._told_to_close = True
+        self.shares.closing += 1
+        self.shares.publish(len(self.connections))
 
     def _arm_head_deadline(self) -> None:
         self._head_bytes = 0
@@ -169,10 +202,21 @@ def open_connections() -> int:
     return 0 if connections is None else len(connections)
 
 
-def install(header_timeout_s: float, max_header_bytes: int, max_connections: int) -> None:
-    """Make uvicorn, when BentoML's worker configures it next, use ``GuardedHttpProtocol``."""
+def leave_shares() -> None:
+    """This worker leaves the connection shares (at shutdown: ``Slimserve``'s on_shutdown)."""
+    shares, GuardedHttpProtocol.shares = GuardedHttpProtocol.shares, None
+    if shares is not None:
+        shares.close()
+
+
+def install(
+    header_timeout_s: float, max_header_bytes: int, max_connections: int, balance_workers: int
+) -> None:
+    """Make uvicorn, when BentoML's worker configures it next, use ``GuardedHttpProtocol``;
+    ``balance_workers`` > 1 spreads keep-alive connections over that many workers."""
     GuardedHttpProtocol.header_timeout_s = header_timeout_s
     GuardedHttpProtocol.max_header_bytes = max_header_bytes
     GuardedHttpProtocol.max_connections = max_connections
+    GuardedHttpProtocol.shares = balance.join(server_context.worker_index, balance_workers)
     for name in ("auto", "httptools"):
         uvicorn.config.HTTP_PROTOCOLS[name] = PROTOCOL_PATH

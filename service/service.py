@@ -41,7 +41,12 @@ KNOWN_PATHS = frozenset(
 )
 bound_http_metric_paths(KNOWN_PATHS)
 use_own_multiprocess_dir()
-connections.install(CONFIG.header_timeout_s, CONFIG.max_header_bytes, CONFIG.max_connections)
+connections.install(
+    CONFIG.header_timeout_s,
+    CONFIG.max_header_bytes,
+    CONFIG.max_connections,
+    CONFIG.worker_count if CONFIG.balance_connections else 1,
+)
 timeout.install()  # BentoML's traffic timeout (504), without a timer left armed per request
 # /docs.json (Swagger UI at /) and /schema.json (BentoML's clients) describe our routes too.
 publish(list(TAGS), CONFIG)
@@ -83,6 +88,11 @@ class Slimserve:
         self.loaded = threading.Event()
         self.load_error: str | None = None
         threading.Thread(target=self._load, name="slimserve-load", daemon=True).start()
+
+    @bentoml.on_shutdown
+    def _leave_connection_shares(self) -> None:
+        """The worker's slot in the connection shares reads 0 (the last one out removes the table)."""
+        connections.leave_shares()
 
     def _load(self) -> None:
         start = time.perf_counter()

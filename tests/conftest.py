@@ -155,9 +155,11 @@ def interrupt_group(process: subprocess.Popen, timeout: float) -> None:
 
 
 @contextlib.contextmanager
-def serve_subprocess(log: Path, env: dict[str, str]) -> Iterator[tuple[str, subprocess.Popen]]:
-    """`slimserve serve` with one worker on a free loopback port, from its start-up banner
-    until the block ends; then Ctrl-C, as a user would stop it."""
+def serve_subprocess(
+    log: Path, env: dict[str, str], workers: int = 1
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`slimserve serve` with one worker (or ``workers``) on a free loopback port, from its
+    start-up banner until the block ends; then Ctrl-C, as a user would stop it."""
     port = free_port()
     command = [
         sys.executable,
@@ -169,7 +171,7 @@ def serve_subprocess(log: Path, env: dict[str, str]) -> Iterator[tuple[str, subp
         "--port",
         str(port),
         "--workers",
-        "1",
+        str(workers),
     ]
     with open(log, "w") as out:
         process = subprocess.Popen(
