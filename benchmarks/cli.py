@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.peers.cli import add_parser as add_peers
-from benchmarks.settings import HttpBenchSettings, ModelBenchSettings
+from benchmarks.settings import BurstBenchSettings, HttpBenchSettings, ModelBenchSettings
 from slimserve.settings import add_options, build, option
 
 RESULTS = Path("bench-results")
@@ -43,6 +43,13 @@ def _http(args: argparse.Namespace) -> None:
     bench_http(job.url, job.out, build(HttpBenchSettings, args))
 
 
+def _burst(args: argparse.Namespace) -> None:
+    from benchmarks.connection_burst import bench_burst
+
+    job = build(BenchHttpArgs, args)
+    bench_burst(job.url, job.out, build(BurstBenchSettings, args))
+
+
 def add_commands(commands: argparse._SubParsersAction) -> None:
     bench = commands.add_parser(
         "bench",
@@ -71,4 +78,16 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     add_options(http, BenchHttpArgs)
     add_options(http, HttpBenchSettings)
     http.set_defaults(handler=_http)
+
+    burst = sub.add_parser(
+        "burst",
+        help="open kept-alive connections to the running service at once; show how they split over its workers",
+        description="Open --connections kept-alive connections to the service at URL (loopback, this machine) "
+        "in one burst, as an asyncio client, wrk or a proxy's pool does, post real test images on each for "
+        "--duration seconds, and report each run's split over the server's processes, req/s, p50/p99 and "
+        "how many answers said `connection: close`.",
+    )
+    add_options(burst, BenchHttpArgs)
+    add_options(burst, BurstBenchSettings)
+    burst.set_defaults(handler=_burst)
     add_peers(sub)  # `bench peers`: its own module

@@ -23,6 +23,13 @@ def width_by_height(text: str) -> tuple[int, int]:
     return int(width), int(height)
 
 
+def route(text: str) -> str:
+    """A path on the service such as ``/predict``."""
+    if not text.startswith("/") or "?" in text or "#" in text:
+        raise argparse.ArgumentTypeError(f"expected a route such as /predict, got {text!r}")
+    return text
+
+
 def usable_cores() -> int:
     return len(os.sched_getaffinity(0))
 
@@ -126,3 +133,15 @@ class HttpBenchSettings:
     in_process_repeats: int = option(
         300, help="timed in-process batch-1 calls for the comparison (0 skips it)", parse=non_negative_int
     )
+
+
+@dataclass(frozen=True)
+class BurstBenchSettings:
+    """`slimserve bench burst`: keep-alive connections opened at once (benchmarks.connection_burst)."""
+
+    connections: int = option(32, help="kept-alive connections opened at once", parse=positive_int)
+    duration_s: float = option(10.0, help="seconds per run", parse=positive_float, flag="--duration")
+    runs: int = option(
+        4, help="bursts, each on fresh connections (a new draw of the split)", parse=positive_int
+    )
+    path: str = option("/predict", help="route to post to", parse=route)

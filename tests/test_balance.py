@@ -1,5 +1,6 @@
-"""Keep-alive connections spread over the workers (service.balance): the shares table, and a
-real two-worker server rebalancing connections that all landed on one worker."""
+"""Keep-alive connections spread over the workers (service.balance): the shares table, a
+real two-worker server rebalancing connections that all landed on one worker, and
+`slimserve bench burst`, which shows how a burst of connections splits."""
 
 import http.client
 import json
@@ -13,6 +14,7 @@ import psutil
 import pytest
 from test_service import fashion, sample_png  # noqa: F401
 
+from commands.main import main
 from export.pipeline import export_bundle
 from service.balance import ConnectionShares, allowance, join
 
@@ -177,3 +179,35 @@ def test_connections_that_all_landed_on_one_worker_are_spread_over_both(
         assert split == [0, CONNECTIONS], split
         assert closes == 0
     assert not list(Path("/dev/shm").glob(f"slimserve-connections-{arbiter}-*"))  # removed at exit
+
+
+@pytest.mark.http
+def test_bench_burst_reports_how_a_burst_of_connections_split_over_the_workers(
+    bundle, tmp_path: Path, start_server, capsys: pytest.CaptureFixture
+):
+    env = {"SLIMSERVE_BUNDLE": BUNDLE, "SLIMSERVE_BALANCE_CONNECTIONS": "false"}
+    with start_server(tmp_path / "serve.log", env, workers=2) as (url, server):
+        wait_until_loaded(urlparse(url).port, workers_of(server))
+        argv = ["bench", "burst", url, "--connections", "8", "--duration", "2", "--runs", "2"]
+        assert main([*argv, "--out", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "bench-burst.json").read_text())
+    assert report["connections"] == 8 and report["path"] == "/predict" and len(report["runs"]) == 2
+    for run in report["runs"]:
+        # unbalanced, nothing closes: midway every connection is held by one of the two workers
+        assert sum(run["split"]) == 8 and 1 <= len(run["split"]) <= 2, run["split"]
+        assert run["split"] == sorted(run["split"], reverse=True)
+        assert run["errors"] == 0 and run["closes"] == 0
+        assert run["requests"] > 8 and run["req_per_s"] > 0 and 0 < run["p50_ms"] <= run["p99_ms"]
+    markdown = (tmp_path / "out" / "bench-burst.md").read_text()
+    assert "| run | split |" in markdown and report["machine"]["vector_isa"] in markdown
+    assert "bench-burst.json" in capsys.readouterr().out
+
+
+def test_bench_burst_cli_errors_are_one_line(capsys: pytest.CaptureFixture, tmp_path: Path):
+    assert main(["bench", "burst", "http://192.0.2.1:3000", "--out", str(tmp_path)]) == 1
+    assert "only loopback targets" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        main(["bench", "burst", "http://127.0.0.1:3000", "--path", "predict"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "expected a route such as /predict" in err and "Traceback" not in err
