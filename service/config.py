@@ -130,7 +130,8 @@ class ServeConfig:
         unset=_ENV_OR_DEFAULT,
     )
     # Off by default: on a 2-core host it evened out burst-opened connections and cut their
-    # p99, but cost /predict 5-16% req/s under locust's gradual users (BENCHMARKS.md, issue 16).
+    # p99, but /predict served 3-21% fewer req/s under locust's gradual users in 7 of 8
+    # alternated pairs (BENCHMARKS.md, issue 16).
     balance_connections: bool = option(
         False,
         help="a worker holding more than its share of the open connections (plus a quarter) answers its next request with `connection: close`, so the client reconnects, usually to another worker",
