@@ -143,6 +143,15 @@ def tiny_resnet_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _train_tiny(tmp_path_factory.mktemp("runs") / "resnet", "resnet", 2000, 1, depth=8, width=8)
 
 
+def export_tiny_fp32(run: Path, tmp_path_factory: pytest.TempPathFactory, name: str):
+    """The tiny CNN run's fp32 bundle ``name``:v1 (300 test images), registered in the store.
+    Each module that serves it names its own: modules register theirs in the same store."""
+    from export.pipeline import export_bundle
+
+    out = tmp_path_factory.mktemp("bundles")
+    return export_bundle(run, out=out, name=name, version="v1", variants=["fp32"], limit=300)
+
+
 def interrupt_group(process: subprocess.Popen, timeout: float) -> None:
     """Ctrl-C to a server started with ``start_new_session``, as a user would stop it; its
     whole process group is killed if it has not exited within ``timeout`` seconds."""

@@ -12,10 +12,10 @@ from urllib.parse import urlparse
 
 import psutil
 import pytest
+from conftest import export_tiny_fp32
 from test_service import fashion, sample_png  # noqa: F401
 
 from commands.main import main
-from export.pipeline import export_bundle
 from service.balance import ConnectionShares, allowance, join
 
 BUNDLE = "balance-cnn"  # its own bundle name: other modules register theirs in the same store
@@ -76,10 +76,7 @@ def test_no_table_outside_a_worker_or_for_a_single_worker():
 
 @pytest.fixture(scope="module")
 def bundle(tiny_cnn_run: Path, tmp_path_factory: pytest.TempPathFactory):
-    return export_bundle(
-        tiny_cnn_run, out=tmp_path_factory.mktemp("bundles"), name=BUNDLE, version="v1",
-        variants=["fp32"], limit=300,
-    )  # fmt: skip
+    return export_tiny_fp32(tiny_cnn_run, tmp_path_factory, BUNDLE)
 
 
 def workers_of(server: subprocess.Popen) -> list[psutil.Process]:

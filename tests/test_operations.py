@@ -19,10 +19,9 @@ from urllib.parse import urlparse
 import bentoml
 import httpx
 import pytest
-from conftest import free_port, interrupt_group
+from conftest import export_tiny_fp32, free_port, interrupt_group
 from test_service import fashion, sample_png  # noqa: F401
 
-from export.pipeline import export_bundle
 from service.config import ServeConfig
 from service.launch import server_command, server_env
 
@@ -37,10 +36,7 @@ GUARDS = {
 
 @pytest.fixture(scope="module")
 def bundle(tiny_cnn_run: Path, tmp_path_factory: pytest.TempPathFactory):
-    return export_bundle(
-        tiny_cnn_run, out=tmp_path_factory.mktemp("bundles"), name=BUNDLE, version="v1",
-        variants=["fp32"], limit=300,
-    )  # fmt: skip
+    return export_tiny_fp32(tiny_cnn_run, tmp_path_factory, BUNDLE)
 
 
 @pytest.fixture(scope="module")
