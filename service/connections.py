@@ -15,9 +15,9 @@ builds ``uvicorn.Config``, and ``Config.load`` resolves the protocol class by na
 ``uvicorn.config.HTTP_PROTOCOLS`` only then. ``install`` points the ``auto`` and
 ``httptools`` names at ``GuardedHttpProtocol``, uvicorn's own httptools protocol (the one
 ``auto`` picks, httptools being a dependency) with three additions, and a response head
-written together with its body (``HeadWithBody``), and keep-alive connections spread
-evenly over the workers (``service.balance``); everything else, keep-alive, pipelining,
-graceful shutdown, is uvicorn's code unchanged.
+written together with its body (``HeadWithBody``), and, with ``--balance-connections``,
+keep-alive connections spread over the workers (``service.balance``); everything else,
+keep-alive, pipelining, graceful shutdown, is uvicorn's code unchanged.
 """
 
 import asyncio
@@ -149,7 +149,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def _balance(self) -> None:
         """Answer this request with ``connection: close`` if this worker holds more than its
-        share of the server's connections (``service.balance``). Only a request that starts at
+        allowance of the server's connections (``service.balance``). Only a request that starts at
         once and would keep the connection alive: a pipelined one behind it would be lost
         with the connection, and a lone connection is never more than its share."""
         if (
