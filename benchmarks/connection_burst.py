@@ -50,14 +50,15 @@ class Run:
     split: list[int] = field(default_factory=list)  # established connections per server process, most first
     elapsed_s: float = 0.0
 
-    def summary(self) -> dict[str, float | int | list[int]]:
+    def summary(self) -> dict[str, float | int | list[int] | None]:
+        """The run's figures; no percentiles (None) from fewer than two answers."""
         latency = percentiles(self.latencies_s) if len(self.latencies_s) > 1 else {}
         return {
             "split": self.split,
             "requests": len(self.latencies_s),
             "req_per_s": len(self.latencies_s) / self.elapsed_s,
-            "p50_ms": latency.get("p50", float("nan")) * 1000,
-            "p99_ms": latency.get("p99", float("nan")) * 1000,
+            "p50_ms": latency["p50"] * 1000 if latency else None,
+            "p99_ms": latency["p99"] * 1000 if latency else None,
             "closes": self.closes,
             "errors": self.errors,
         }
@@ -67,9 +68,13 @@ def split_by_process(port: int) -> list[int]:
     """Established connections on ``port`` per process that accepted them (this one's
     client ends excluded), the fullest first."""
     own = os.getpid()
+    try:
+        connections = psutil.net_connections(kind="tcp")
+    except psutil.AccessDenied:  # some systems list other processes' sockets only to root: no split
+        return []
     held = collections.Counter(
         connection.pid
-        for connection in psutil.net_connections(kind="tcp")
+        for connection in connections
         if connection.status == psutil.CONN_ESTABLISHED
         and connection.laddr.port == port
         and connection.pid not in (None, own)
@@ -113,12 +118,16 @@ async def burst(url: str, bodies: list[tuple[bytes, str]], connections: int, dur
     return run
 
 
-def test_bodies(url: str, folder: Path) -> list[tuple[bytes, str]]:
+def request_bodies(url: str, folder: Path) -> list[tuple[bytes, str]]:
     """Real test images of the served bundle, as a client sends them (``bench http``'s own)."""
     _, described = served_variant(url, None)
     paths = write_test_images(described["manifest"], folder, IMAGES)
     types = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
     return [(path.read_bytes(), types.get(path.suffix.lower(), "application/octet-stream")) for path in paths]
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -135,8 +144,8 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for number, row in enumerate(report["runs"], 1):
         lines.append(
-            f"| {number} | {'/'.join(map(str, row['split']))} | {row['req_per_s']:,.0f} | {row['p50_ms']:.2f} "
-            f"| {row['p99_ms']:.2f} | {row['closes']} | {row['errors']} |"
+            f"| {number} | {'/'.join(map(str, row['split'])) or '-'} | {row['req_per_s']:,.0f} "
+            f"| {_ms(row['p50_ms'])} | {_ms(row['p99_ms'])} | {row['closes']} | {row['errors']} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -148,7 +157,7 @@ def bench_burst(
     console = console or cli_console()
     url = check_loopback(url)
     with tempfile.TemporaryDirectory(prefix="slimserve-burst-") as folder:
-        bodies = test_bodies(url, Path(folder))
+        bodies = request_bodies(url, Path(folder))
     runs = []
     for number in range(1, settings.runs + 1):
         doing = (

@@ -208,3 +208,14 @@ def test_bench_burst_cli_errors_are_one_line(capsys: pytest.CaptureFixture, tmp_
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert "expected a route such as /predict" in err and "Traceback" not in err
+
+
+def test_a_burst_without_answers_reports_no_percentiles_and_no_split():
+    from benchmarks.connection_burst import Run, markdown
+
+    summary = Run(errors=3, elapsed_s=2.0).summary()  # every request failed; no sockets listed
+    assert summary["p50_ms"] is None and summary["p99_ms"] is None and summary["req_per_s"] == 0
+    machine = {"vector_isa": "AVX2", "logical_cpus": 2}
+    report = {"connections": 4, "path": "/predict", "url": "u", "duration_s": 2, "machine": machine}
+    assert "| 1 | - | 0 | - | - | 0 | 3 |" in markdown({**report, "runs": [summary]})
+    json.dumps(summary, allow_nan=False)  # strict JSON: no NaN stands in for a missing figure
