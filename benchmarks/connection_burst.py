@@ -7,7 +7,7 @@ connections opened in one burst (aiohttp, one pool, every user's first request s
 once), each posting real test images of the served bundle back to back for ``--duration``
 seconds. Midway it counts the established connections each server process holds (psutil,
 so the server must run on this machine), and it counts the answers that said ``connection:
-close`` (a worker shedding connections over its share: ``service.balance``). Each of
+close`` (a worker shedding connections above its allowance: ``service.balance``). Each of
 ``--runs`` runs opens fresh connections, so each is a new draw of the kernel's split.
 
 `slimserve bench http` cannot show this: locust starts its users over a second, and
@@ -17,6 +17,7 @@ connections that arrive one by one split about evenly on their own.
 import asyncio
 import collections
 import json
+import mimetypes
 import os
 import tempfile
 import time
@@ -119,11 +120,15 @@ async def burst(url: str, bodies: list[tuple[bytes, str]], connections: int, dur
 
 
 def request_bodies(url: str, folder: Path) -> list[tuple[bytes, str]]:
-    """Real test images of the served bundle, as a client sends them (``bench http``'s own)."""
+    """Real test images of the served bundle with their content types, as ``bench http``'s
+    locust users send them (``benchmarks.locustfile``, which this module cannot import:
+    gevent patches the standard library when it loads)."""
     _, described = served_variant(url, None)
     paths = write_test_images(described["manifest"], folder, IMAGES)
-    types = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
-    return [(path.read_bytes(), types.get(path.suffix.lower(), "application/octet-stream")) for path in paths]
+    return [
+        (path.read_bytes(), mimetypes.guess_type(path.name)[0] or "application/octet-stream")
+        for path in paths
+    ]
 
 
 def _ms(value: float | None) -> str:
@@ -180,7 +185,8 @@ def bench_burst(
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench-burst.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "bench-burst.md").write_text(markdown(report))
-    console.print(Markdown(markdown(report)))
+    table = markdown(report)
+    (out / "bench-burst.md").write_text(table)
+    console.print(Markdown(table))
     console.print(f"Report: {out / 'bench-burst.json'}, {out / 'bench-burst.md'}")
     return report
